@@ -1,0 +1,72 @@
+"""Build script for the dvd_ros ament_python package."""
+
+from glob import glob
+import os
+
+from setuptools import find_packages, setup
+
+package_name = 'dvd_ros'
+
+# Executables `ros2 run dvd_ros <name>` can start; `console_scripts` below are the same
+# entry points for pip installs (which put them in bin/ instead of lib/dvd_ros/).
+NODES = {
+    'depth_node': 'dvd_ros.ros.depth_node:main',
+    'synthetic_camera': 'dvd_ros.ros.synthetic_camera:main',
+}
+
+
+def _files(pattern):
+    return sorted(p for p in glob(pattern) if os.path.isfile(p))
+
+
+setup(
+    name=package_name,
+    version='0.1.0',
+    packages=find_packages(exclude=['test', 'test.*', 'benchmarks']),
+    package_data={'dvd_ros': ['assets/*', 'assets/*/*', 'assets/*/*/*']},
+    data_files=[
+        ('share/ament_index/resource_index/packages', ['resource/' + package_name]),
+        ('share/' + package_name, ['package.xml']),
+        ('share/' + package_name + '/launch', _files('launch/*.launch.py')),
+        ('share/' + package_name + '/config', _files('config/*')),
+        ('share/' + package_name + '/rviz', _files('rviz/*')),
+        # pip ignores setup.cfg's install_scripts, so ship tiny launchers for `ros2 run`.
+        ('lib/' + package_name, _files('scripts/ros2_run/*')),
+    ],
+    install_requires=[
+        'setuptools',
+        'numpy>=1.26',
+        'torch>=2.4',
+        'diffusers>=0.35',
+        'peft>=0.17',
+        'safetensors>=0.4',
+        'opencv-python-headless>=4.9',
+        'rosbags>=0.10',
+        'tqdm>=4.60',
+    ],
+    extras_require={
+        # ROS 2 Kilted from PyPI wheels, for machines without a ROS installation.
+        'pypi-ros': [
+            'ros-rclpy[fastrtps]==9.1.2',
+            'ros-sensor-msgs==5.5.1',
+            'ros-std-msgs==5.5.1',
+            'ros-geometry-msgs==5.5.1',
+            'ros-rcl-interfaces==2.3.0',
+            'ros-diagnostic-msgs==5.5.1',
+            'ros-visualization-msgs==5.5.1',
+        ],
+        'onnx': ['onnx>=1.16', 'onnxruntime>=1.18'],
+        'test': ['pytest>=8', 'hypothesis>=6.100', 'ruff>=0.6', 'onnx>=1.16',
+                 'onnxruntime>=1.18'],
+    },
+    zip_safe=True,
+    maintainer='dvd_ros developers',
+    maintainer_email='dev@dvd-ros.invalid',
+    description='Temporally stable monocular depth and point clouds for ROS 2 with DVD.',
+    license='Apache-2.0',
+    python_requires='>=3.10',
+    entry_points={
+        'console_scripts': ['dvd-ros = dvd_ros.cli.main:main']
+        + [f'{name} = {target}' for name, target in NODES.items()],
+    },
+)

@@ -1,0 +1,34 @@
+"""Shared pytest fixtures: the golden fixture directory and environment safety."""
+
+import json
+import os
+from pathlib import Path
+
+import pytest
+
+# DDS traffic of any test never leaves loopback (set before rclpy is imported anywhere).
+os.environ.setdefault('ROS_AUTOMATIC_DISCOVERY_RANGE', 'LOCALHOST')
+
+REPO = Path(__file__).resolve().parents[1]
+DEFAULT_FIXTURES = REPO.parent / 'shared' / 'reference' / 'fixtures'
+
+
+def fixtures_dir():
+    """Return the golden fixture directory (``DVD_FIXTURES_DIR`` or ``../shared/...``)."""
+    return Path(os.environ.get('DVD_FIXTURES_DIR', DEFAULT_FIXTURES))
+
+
+@pytest.fixture(scope='session')
+def fixtures():
+    """Directory of the authors' golden tensors; skips the test when it is absent."""
+    path = fixtures_dir()
+    if not (path / 'dvd_tiny_dit_config.json').is_file():
+        pytest.skip(f'golden fixtures not found at {path} (clone next to ../shared or set '
+                    'DVD_FIXTURES_DIR)')
+    return path
+
+
+@pytest.fixture(scope='session')
+def fixture_config(fixtures):
+    """Return the tiny model config JSON shipped with the fixtures."""
+    return json.loads((fixtures / 'dvd_tiny_dit_config.json').read_text())
