@@ -1,0 +1,268 @@
+"""Conversions between ROS messages (Image, CameraInfo, PointCloud2) and numpy arrays.
+
+Message payloads are filled from ``arr.tobytes()`` and read with ``np.frombuffer``: assigning a
+numpy array to a ``uint8[]`` field goes element by element and is ~100x slower.
+"""
+
+import sys
+
+import numpy as np
+from sensor_msgs.msg import CameraInfo, Image, PointCloud2, PointField
+
+from dvd_ros.errors import InputError
+
+# encoding -> (channels, dtype) of one pixel, as sensor_msgs/image_encodings.hpp defines them.
+ENCODINGS = {
+    'rgb8': (3, np.uint8),
+    'bgr8': (3, np.uint8),
+    'rgba8': (4, np.uint8),
+    'bgra8': (4, np.uint8),
+    'mono8': (1, np.uint8),
+    'mono16': (1, np.uint16),
+    '32FC1': (1, np.float32),
+    '16UC1': (1, np.uint16),
+}
+# What the node accepts as camera input, and as a sparse metric depth hint.
+COLOR_ENCODINGS = ('rgb8', 'bgr8', 'rgba8', 'bgra8', 'mono8', 'mono16')
+DEPTH_ENCODINGS = ('32FC1', '16UC1')
+
+# PointField datatype code -> numpy dtype (sensor_msgs/PointField constants).
+POINTFIELD_DTYPES = {
+    PointField.INT8: np.int8, PointField.UINT8: np.uint8,
+    PointField.INT16: np.int16, PointField.UINT16: np.uint16,
+    PointField.INT32: np.int32, PointField.UINT32: np.uint32,
+    PointField.FLOAT32: np.float32, PointField.FLOAT64: np.float64,
+}
+
+_HOST_BIGENDIAN = sys.byteorder == 'big'
+
+
+class ImageError(InputError):
+    """A message that cannot be converted; ``cause`` is a short key for per-cause logging."""
+
+    def __init__(self, cause, message):
+        super().__init__(message)
+        self.cause = cause
+
+
+def image_to_array(msg, allowed=None):
+    """Return the pixels of ``msg`` as ``(H, W)`` or ``(H, W, C)`` in the encoding's dtype.
+
+    Row padding (``step`` larger than a row) is skipped and big-endian data is byte-swapped to
+    the host order. The result may share memory with ``msg.data`` and is read-only.
+
+    :param msg: sensor_msgs/Image.
+    :param allowed: encodings to accept (default: every encoding in :data:`ENCODINGS`).
+    :return: numpy array, native byte order.
+    :raises ImageError: unknown encoding, zero size, step or data length inconsistent.
+    """
+    allowed = tuple(ENCODINGS) if allowed is None else tuple(allowed)
+    encoding = msg.encoding
+    if encoding not in allowed:
+        raise ImageError('encoding', f'unsupported image encoding {encoding!r}; publish one of '
+                         f'{", ".join(allowed)} (e.g. through image_proc / a format converter)')
+    height, width, step = int(msg.height), int(msg.width), int(msg.step)
+    if height == 0 or width == 0:
+        raise ImageError('zero_size', f'zero-size image ({width}x{height}, {encoding}); '
+                         'check the camera driver')
+    channels, dtype = ENCODINGS[encoding]
+    dtype = np.dtype(dtype)
+    row_bytes = width * channels * dtype.itemsize
+    if step < row_bytes:
+        raise ImageError('step', f'image step {step} is smaller than one row of {width} '
+                         f'{encoding} pixels ({row_bytes} bytes); the message header is wrong')
+    size = len(msg.data)
+    if size < step * height:
+        raise ImageError('truncated', f'truncated image data: {size} bytes, expected step*height '
+                         f'= {step}*{height} = {step * height} for {width}x{height} {encoding}')
+    if size != step * height:
+        raise ImageError('step', f'image data length {size} does not match step*height = '
+                         f'{step}*{height} = {step * height}; the message header is wrong')
+    if dtype.itemsize > 1 and bool(msg.is_bigendian) != _HOST_BIGENDIAN:
+        dtype = dtype.newbyteorder()
+    buf = np.frombuffer(msg.data, dtype=np.uint8)
+    shape = (height, width, channels)
+    arr = np.ndarray(shape, dtype=dtype, buffer=buf,
+                     strides=(step, channels * dtype.itemsize, dtype.itemsize))
+    if not arr.dtype.isnative:
+        arr = arr.astype(arr.dtype.newbyteorder('='))
+    return arr[:, :, 0] if channels == 1 else arr
+
+
+def image_to_rgb(msg):
+    """Convert a camera image to ``(H, W, 3) uint8`` RGB (mono16 keeps its 8 high bits).
+
+    :param msg: sensor_msgs/Image in one of :data:`COLOR_ENCODINGS`.
+    :return: (H, W, 3) uint8 C-contiguous RGB.
+    :raises ImageError: see :func:`image_to_array`.
+    """
+    arr = image_to_array(msg, COLOR_ENCODINGS)
+    encoding = msg.encoding
+    if encoding == 'rgb8':
+        rgb = arr
+    elif encoding in ('bgr8', 'bgra8'):
+        rgb = arr[:, :, 2::-1]
+    elif encoding == 'rgba8':
+        rgb = arr[:, :, :3]
+    else:
+        mono = arr if encoding == 'mono8' else (arr >> 8).astype(np.uint8)
+        rgb = np.repeat(mono[:, :, None], 3, axis=2)
+    return np.ascontiguousarray(rgb)
+
+
+def image_to_depth(msg):
+    """Convert a REP 118 depth image to ``(H, W) float32`` metres, NaN where no data.
+
+    32FC1 is metres (non-finite and <= 0 -> NaN); 16UC1 is millimetres (0 -> NaN).
+
+    :param msg: sensor_msgs/Image, 32FC1 or 16UC1.
+    :return: (H, W) float32, metres.
+    """
+    arr = image_to_array(msg, DEPTH_ENCODINGS)
+    if msg.encoding == '16UC1':
+        depth = arr.astype(np.float32) * np.float32(1e-3)
+    else:
+        depth = arr.astype(np.float32, copy=True)
+    depth[~(depth > 0) | ~np.isfinite(depth)] = np.nan
+    return depth
+
+
+def array_to_image(arr, encoding, header):
+    """Build a sensor_msgs/Image from an array: 32FC1 / 16UC1 ``(H, W)``, rgb8 ``(H, W, 3)``.
+
+    :param arr: pixels; dtype and shape must match ``encoding``.
+    :param encoding: one of :data:`ENCODINGS`.
+    :param header: std_msgs/Header copied into the message.
+    :return: sensor_msgs/Image, unpadded rows, host byte order.
+    """
+    if encoding not in ENCODINGS:
+        raise InputError(f'cannot encode {encoding!r}; use one of {sorted(ENCODINGS)}')
+    channels, dtype = ENCODINGS[encoding]
+    arr = np.asarray(arr)
+    expected_ndim = 2 if channels == 1 else 3
+    if (arr.dtype != dtype or arr.ndim != expected_ndim
+            or (channels > 1 and arr.shape[2] != channels) or arr.size == 0):
+        raise InputError(f'{encoding} needs a non-empty {np.dtype(dtype).name} array of '
+                         f'{"(H, W)" if channels == 1 else f"(H, W, {channels})"}, '
+                         f'got {arr.dtype.name} {arr.shape}')
+    msg = Image()
+    msg.header = header
+    msg.height, msg.width = int(arr.shape[0]), int(arr.shape[1])
+    msg.encoding = encoding
+    msg.is_bigendian = int(_HOST_BIGENDIAN)
+    msg.step = msg.width * channels * arr.dtype.itemsize
+    msg.data = np.ascontiguousarray(arr).tobytes()
+    return msg
+
+
+def camera_info_matrix(info):
+    """Return ``K`` of a CameraInfo as a (3, 3) float64 array."""
+    return np.asarray(info.k, dtype=np.float64).reshape(3, 3)
+
+
+def restamp_camera_info(info, header, intrinsics=None):
+    """Copy a CameraInfo with a new header; rescale it when ``intrinsics`` has another size.
+
+    :param info: sensor_msgs/CameraInfo of the input image.
+    :param header: std_msgs/Header of the output image.
+    :param intrinsics: ``geometry.PinholeIntrinsics`` of the output image, or None to keep the
+        input calibration unchanged.
+    :return: new sensor_msgs/CameraInfo.
+    """
+    out = CameraInfo()
+    out.header = header
+    out.height, out.width = info.height, info.width
+    out.distortion_model = info.distortion_model
+    out.d = list(info.d)
+    out.k = np.array(info.k, dtype=np.float64)
+    out.r = np.array(info.r, dtype=np.float64)
+    out.p = np.array(info.p, dtype=np.float64)
+    out.binning_x, out.binning_y = info.binning_x, info.binning_y
+    out.roi = info.roi
+    if intrinsics is not None and (intrinsics.width, intrinsics.height) != (info.width,
+                                                                           info.height):
+        sx = intrinsics.width / float(info.width)
+        sy = intrinsics.height / float(info.height)
+        out.width, out.height = int(intrinsics.width), int(intrinsics.height)
+        out.k = np.array([intrinsics.fx, 0.0, intrinsics.cx,
+                          0.0, intrinsics.fy, intrinsics.cy,
+                          0.0, 0.0, 1.0], dtype=np.float64)
+        p = np.asarray(info.p, dtype=np.float64).reshape(3, 4).copy()
+        # The same rule as image_proc's resize: scale the first two rows of P.
+        p[0] *= sx
+        p[1] *= sy
+        out.p = p.reshape(-1)
+    return out
+
+
+def camera_info_from_intrinsics(intrinsics, header):
+    """Build a distortion-free CameraInfo (plumb_bob, zero D) for ``intrinsics``."""
+    info = CameraInfo()
+    info.header = header
+    info.width, info.height = int(intrinsics.width), int(intrinsics.height)
+    info.distortion_model = 'plumb_bob'
+    info.d = [0.0] * 5
+    info.k = np.array([intrinsics.fx, 0.0, intrinsics.cx, 0.0, intrinsics.fy, intrinsics.cy,
+                       0.0, 0.0, 1.0], dtype=np.float64)
+    info.r = np.eye(3).reshape(-1)
+    info.p = np.array([intrinsics.fx, 0.0, intrinsics.cx, 0.0,
+                       0.0, intrinsics.fy, intrinsics.cy, 0.0,
+                       0.0, 0.0, 1.0, 0.0], dtype=np.float64)
+    return info
+
+
+def cloud_message(packed, header):
+    """Build a sensor_msgs/PointCloud2 from a ``geometry.PackedCloud``.
+
+    :param packed: PackedCloud(data, fields[(name, offset, datatype)], point_step, row_step,
+        height, width), little- or host-endian float32 fields.
+    :param header: std_msgs/Header (frame_id = the camera optical frame).
+    :return: sensor_msgs/PointCloud2; ``is_dense`` is False since invalid points are NaN.
+    """
+    msg = PointCloud2()
+    msg.header = header
+    msg.height, msg.width = int(packed.height), int(packed.width)
+    msg.fields = [PointField(name=name, offset=int(offset), datatype=int(datatype), count=1)
+                  for name, offset, datatype in packed.fields]
+    msg.is_bigendian = _HOST_BIGENDIAN
+    msg.point_step = int(packed.point_step)
+    msg.row_step = int(packed.row_step)
+    msg.data = bytes(packed.data)
+    msg.is_dense = False
+    return msg
+
+
+def cloud_to_xyz(msg):
+    """Read the x, y, z fields of a PointCloud2 as ``(N, 3) float32`` (NaN rows kept).
+
+    :param msg: sensor_msgs/PointCloud2 with x, y, z fields of one numeric type.
+    :return: (height * width, 3) float32.
+    :raises ImageError: missing fields, or data shorter than the header says.
+    """
+    fields = {f.name: f for f in msg.fields}
+    missing = [name for name in 'xyz' if name not in fields]
+    if missing:
+        raise ImageError('cloud_fields', f'point cloud lacks field(s) {missing}; need x, y, z')
+    n = int(msg.height) * int(msg.width)
+    point_step = int(msg.point_step)
+    if n == 0:
+        return np.zeros((0, 3), np.float32)
+    needed = (int(msg.height) - 1) * int(msg.row_step) + int(msg.width) * point_step
+    if len(msg.data) < needed or point_step <= 0:
+        raise ImageError('truncated', f'truncated point cloud: {len(msg.data)} bytes, header '
+                         f'needs {needed}')
+    buf = np.frombuffer(msg.data, dtype=np.uint8)
+    out = np.empty((int(msg.height), int(msg.width), 3), np.float32)
+    for i, name in enumerate('xyz'):
+        field = fields[name]
+        if field.datatype not in POINTFIELD_DTYPES:
+            raise ImageError('cloud_fields', f'point field {name!r} has unknown datatype '
+                             f'{field.datatype}')
+        dtype = np.dtype(POINTFIELD_DTYPES[field.datatype])
+        if dtype.itemsize > 1 and bool(msg.is_bigendian) != _HOST_BIGENDIAN:
+            dtype = dtype.newbyteorder()
+        view = np.ndarray((int(msg.height), int(msg.width)), dtype=dtype, buffer=buf,
+                          offset=int(field.offset),
+                          strides=(int(msg.row_step), point_step))
+        out[:, :, i] = view
+    return out.reshape(-1, 3)
