@@ -188,9 +188,11 @@ def restamp_camera_info(info, header, intrinsics=None):
                           0.0, intrinsics.fy, intrinsics.cy,
                           0.0, 0.0, 1.0], dtype=np.float64)
         p = np.asarray(info.p, dtype=np.float64).reshape(3, 4).copy()
-        # The same rule as image_proc's resize: scale the first two rows of P.
-        p[0] *= sx
-        p[1] *= sy
+        # Same pixel-centre convention as PinholeIntrinsics.scaled, so K and P stay consistent.
+        for row, s in ((0, sx), (1, sy)):
+            p[row, row] *= s
+            p[row, 2] = (p[row, 2] + 0.5) * s - 0.5
+            p[row, 3] *= s
         out.p = p.reshape(-1)
     return out
 
@@ -215,20 +217,20 @@ def cloud_message(packed, header):
     """Build a sensor_msgs/PointCloud2 from a ``geometry.PackedCloud``.
 
     :param packed: PackedCloud(data, fields[(name, offset, datatype)], point_step, row_step,
-        height, width), little- or host-endian float32 fields.
+        height, width, is_dense, is_bigendian).
     :param header: std_msgs/Header (frame_id = the camera optical frame).
-    :return: sensor_msgs/PointCloud2; ``is_dense`` is False since invalid points are NaN.
+    :return: sensor_msgs/PointCloud2.
     """
     msg = PointCloud2()
     msg.header = header
     msg.height, msg.width = int(packed.height), int(packed.width)
     msg.fields = [PointField(name=name, offset=int(offset), datatype=int(datatype), count=1)
                   for name, offset, datatype in packed.fields]
-    msg.is_bigendian = _HOST_BIGENDIAN
+    msg.is_bigendian = bool(packed.is_bigendian)
     msg.point_step = int(packed.point_step)
     msg.row_step = int(packed.row_step)
-    msg.data = bytes(packed.data)
-    msg.is_dense = False
+    msg.data = packed.data
+    msg.is_dense = bool(packed.is_dense)
     return msg
 
 

@@ -75,7 +75,8 @@ class StampSync:
 
     An image whose CameraInfo has not arrived waits at most ``timeout_s`` (wall clock) and at
     most ``max_pending`` images; after that it is released alone (``info`` None) so depth never
-    stalls on a missing calibration. Released pairs keep the order in which images arrived.
+    stalls on a missing calibration. Until the first CameraInfo arrives images do not wait at
+    all (a camera without calibration). Released pairs keep the order in which images arrived.
     """
 
     def __init__(self, tolerance_ns=0, timeout_s=0.1, max_pending=8, info_capacity=32,
@@ -119,7 +120,8 @@ class StampSync:
         while self._pending:
             head = self._pending[0]
             info = self.infos.find(head.stamp)
-            if info is None and not (len(self._pending) > self.max_pending
+            if info is None and not (len(self.infos) == 0
+                                     or len(self._pending) > self.max_pending
                                      or now - head.received >= self.timeout_s
                                      or self._infos_passed(head.stamp)):
                 break
