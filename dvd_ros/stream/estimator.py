@@ -1,0 +1,502 @@
+"""Causal streaming depth: frames in one at a time, final aligned disparity frames out.
+
+``StreamingDepth`` runs the regressor on overlapping windows (``stream.windows`` causal
+schedule), aligns each window to the values it already published over the overlap
+(``stream.align``), and emits every pushed frame exactly once (or counts it as dropped).
+``OfflineStitcher`` / ``run_offline`` are the reference non-causal procedure as a generator.
+"""
+
+from collections import deque
+from dataclasses import dataclass, field
+import math
+import time
+
+import numpy as np
+
+from dvd_ros.errors import InputError
+from dvd_ros.stream.align import (
+    IDENTITY,
+    REFERENCE_SCALE_CLIP,
+    apply_alignment,
+    check_scale_clip,
+    clip_scale,
+    crossfade,
+    crossfade_weights,
+    disagreement_confidence,
+    fit_scale_shift,
+    stitch_step,
+)
+from dvd_ros.stream.windows import check_window, eval_windows, offline_windows
+
+POLICIES = ('immediate', 'blend')
+FLUSH_MODES = ('reanchor', 'pad')
+RESIZE_MODES = ('restart', 'raise')
+# Percentiles of the training normalisation (spec 1.5): the drift reference tracks them.
+_DRIFT_PERCENTILES = (2.0, 98.0)
+_DRIFT_SAMPLES = 50_000
+
+
+@dataclass(frozen=True)
+class DepthFrame:
+    """One final output frame.
+
+    ``disparity`` is ``(H, W)`` float32 relative disparity >= 0 (larger = nearer, NaN = no
+    data) on the stream's common scale; ``confidence`` is ``(H, W)`` float32 in [0, 1];
+    ``stamp`` is whatever was pushed with the frame, untouched; ``index`` counts pushed frames
+    from 0 since the last reset; ``window`` is the window that produced the frame.
+    """
+
+    stamp: object
+    disparity: np.ndarray
+    confidence: np.ndarray
+    index: int
+    window: int
+
+
+@dataclass(frozen=True)
+class StreamStats:
+    """Snapshot of a stream's counters for diagnostics.
+
+    ``pending`` = pushed - emitted - dropped (frames waiting for their window);
+    ``last_*`` describe the most recent window (model seconds, and the alignment of its raw
+    output to the published overlap: scale, shift, RMS residual in disparity units, whether
+    the scale was clipped, robust inlier fraction).
+    """
+
+    pushed: int = 0
+    emitted: int = 0
+    dropped: dict = field(default_factory=dict)
+    windows: int = 0
+    restarts: int = 0
+    last_model_seconds: float = 0.0
+    last_scale: float = 1.0
+    last_shift: float = 0.0
+    last_residual: float = 0.0
+    last_clipped: bool = False
+    last_inlier_fraction: float = 1.0
+
+    @property
+    def dropped_total(self):
+        """Return the number of dropped frames over all reasons."""
+        return sum(self.dropped.values())
+
+    @property
+    def pending(self):
+        """Return the frames pushed but neither emitted nor dropped yet."""
+        return self.pushed - self.emitted - self.dropped_total
+
+    def as_dict(self):
+        """Return a flat ``{name: value}`` dict (e.g. for a DiagnosticStatus)."""
+        out = {k: getattr(self, k) for k in (
+            'pushed', 'emitted', 'windows', 'restarts', 'last_model_seconds', 'last_scale',
+            'last_shift', 'last_residual', 'last_clipped', 'last_inlier_fraction')}
+        out['pending'] = self.pending
+        out['dropped'] = self.dropped_total
+        for reason, count in sorted(self.dropped.items()):
+            out[f'dropped_{reason}'] = count
+        return out
+
+
+def _check_choice(value, choices, name):
+    if value not in choices:
+        raise InputError(f'{name} must be one of {choices}, got {value!r}')
+    return value
+
+
+def _percentiles(values):
+    flat = values.reshape(-1)
+    flat = flat[:: max(1, flat.size // _DRIFT_SAMPLES)]
+    flat = flat[np.isfinite(flat)]
+    if flat.size < 2:
+        return None
+    lo, hi = np.percentile(flat, _DRIFT_PERCENTILES)
+    return (float(lo), float(hi)) if hi > lo else None
+
+
+class StreamingDepth:
+    """Causal sliding-window depth over an endless stream of frames.
+
+    Window ``k`` covers frames ``[k*S, k*S + window)`` with hop ``S = window - overlap``; the
+    first window emits all its frames, every later one its ``S`` new frames, after aligning its
+    raw output to the already final values of the ``overlap`` frames it shares (least squares
+    in disparity space, scale clipped, negatives zeroed).
+
+    Policies: ``'immediate'`` emits a window's new frames as soon as it has run (latency: the
+    window's frames plus compute); ``'blend'`` holds back the last ``overlap`` frames of each
+    window until the next window has run and cross-fades them with it (the reference's linear
+    ramp, no seam; ``overlap`` frames more latency). With ``policy='blend'`` and the same
+    inputs, ``drift_strength=0`` and a stream of ``window + k * S`` frames, the emitted values
+    equal ``stitch_offline`` over the causal windows.
+
+    Drift control (``drift_strength > 0``): each fit also gets two pseudo-observations that map
+    the raw window's 2nd/98th disparity percentiles onto a running reference of those
+    percentiles of earlier aligned windows (mean over the last ``drift_horizon`` windows), with
+    ``drift_strength`` times the weight of the overlap data. The chained alignment otherwise
+    random-walks (spec 2.2); the prior bounds the walk while the scene's disparity range stays
+    similar, and being weak it yields to the overlap data when the scene changes.
+
+    Confidence: ``c = exp(-e / confidence_tau)`` with ``e`` the per-pixel mean absolute
+    difference between the new window's aligned values and the final values over the overlap
+    (disparity units); frames of the first window (no overlap information) get 1; NaN pixels of
+    the output get 0.
+
+    :param regressor: anything with ``predict(uint8 (T, H, W, 3)) -> float32 (T, H, W)``.
+    :param window: frames per model call (81 default of DVD; the model pads to 4n+1).
+    :param overlap: frames shared by consecutive windows, ``0 <= overlap < window``.
+    :param policy: ``'immediate'`` or ``'blend'``.
+    :param scale_clip: ``(low, high)`` clip of the fitted scale (reference (0.7, 1.5)) or None.
+    :param robust: robust alignment (see ``align.fit_scale_shift``): False, True, 'huber',
+        'tukey', 'trim'.
+    :param flush_mode: at end of stream, ``'reanchor'`` runs the last ``window`` frames (the
+        reference's re-anchored last window: a longer overlap of published frames, keeps the
+        last ``window - 1`` outputs in memory) or ``'pad'`` runs the overlap plus the tail (the
+        model pads it to 4n+1; keeps ``overlap`` outputs).
+    :param on_resize: a frame whose size differs from the stream's: ``'restart'`` flushes the
+        old stream (its frames are emitted) and starts a new one; ``'raise'`` drops the frame
+        (reason ``size_mismatch``) and raises :class:`InputError`.
+    :param drift_strength: weight of the drift prior relative to the overlap data (0 = off).
+    :param drift_horizon: windows averaged into the drift reference.
+    :param confidence_tau: disagreement (disparity units) at which confidence is ``1/e``.
+    :param clock: monotonic clock in seconds, for ``stats.last_model_seconds``.
+    """
+
+    def __init__(self, regressor, window=81, overlap=21, policy='immediate',
+                 scale_clip=REFERENCE_SCALE_CLIP, robust=False, flush_mode='reanchor',
+                 on_resize='restart', drift_strength=0.02, drift_horizon=30,
+                 confidence_tau=0.05, clock=time.perf_counter):
+        if not callable(getattr(regressor, 'predict', None)):
+            raise InputError(f'regressor must have predict(frames) -> (T, H, W), got '
+                             f'{type(regressor).__name__}')
+        self.regressor = regressor
+        self.window, self.overlap = check_window(window, overlap)
+        self.hop = self.window - self.overlap
+        self.policy = _check_choice(policy, POLICIES, 'policy')
+        self.scale_clip = check_scale_clip(scale_clip)
+        fit_scale_shift(np.zeros(2), np.zeros(2), robust=robust)  # validates the option
+        self.robust = robust
+        self.flush_mode = _check_choice(flush_mode, FLUSH_MODES, 'flush_mode')
+        self.on_resize = _check_choice(on_resize, RESIZE_MODES, 'on_resize')
+        self.drift_strength = float(drift_strength)
+        if not (math.isfinite(self.drift_strength) and self.drift_strength >= 0):
+            raise InputError(f'drift_strength must be >= 0 (0 disables), got {drift_strength!r}')
+        if isinstance(drift_horizon, bool) or not isinstance(drift_horizon, int) \
+                or drift_horizon < 1:
+            raise InputError(f'drift_horizon must be an integer >= 1, got {drift_horizon!r}')
+        self.drift_horizon = drift_horizon
+        self.confidence_tau = float(confidence_tau)
+        if not (math.isfinite(self.confidence_tau) and self.confidence_tau > 0):
+            raise InputError(f'confidence_tau must be > 0, got {confidence_tau!r}')
+        self._clock = clock
+        self._dropped = {}
+        self._counts = {'pushed': 0, 'emitted': 0, 'windows': 0, 'restarts': 0}
+        self._last = {}
+        self._reset_stream()
+
+    # -- public API -----------------------------------------------------------------------
+
+    @property
+    def stats(self):
+        """Return a :class:`StreamStats` snapshot."""
+        return StreamStats(dropped=dict(self._dropped), **self._counts, **self._last)
+
+    @property
+    def latency_frames(self):
+        """Return how many frames after a frame arrives it is emitted at most (excl. compute)."""
+        return self.window - 1 + (self.overlap if self.policy == 'blend' else 0)
+
+    def push(self, frame, stamp=None):
+        """Add one frame; return the frames that became final (possibly none).
+
+        :param frame: ``(H, W, 3)`` uint8 RGB, the same size as the stream's earlier frames.
+        :param stamp: opaque per-frame record returned untouched with its output.
+        :return: list of :class:`DepthFrame`, in frame order.
+        :raises InputError: invalid frame (counted as dropped, reason ``invalid``), or a size
+            change with ``on_resize='raise'`` (reason ``size_mismatch``).
+        """
+        frame = self._check_frame(frame)
+        out = []
+        if self._shape is not None and frame.shape[:2] != self._shape:
+            if self.on_resize == 'raise':
+                self._drop('size_mismatch')
+                raise InputError(f'frame is {frame.shape[1]}x{frame.shape[0]} but the stream is '
+                                 f'{self._shape[1]}x{self._shape[0]} (WxH); call reset() or use '
+                                 "on_resize='restart'")
+            out = self.flush()
+            self._counts['restarts'] += 1
+        self._shape = frame.shape[:2]
+        self._counts['pushed'] += 1
+        self._frames.append((frame, stamp, self._next_index))
+        self._next_index += 1
+        self._new += 1
+        if self._new >= (self.window if self._k == 0 else self.hop):
+            out += self._run(len(self._frames), final=False)
+        return out
+
+    def flush(self):
+        """Finish the stream: emit every pending frame, then start a new stream.
+
+        :return: list of :class:`DepthFrame` (the tail, and frames held by ``'blend'``).
+        """
+        out = []
+        try:
+            if self._new > 0:
+                if self._k == 0:
+                    size = len(self._frames)
+                elif self.flush_mode == 'reanchor':
+                    size = len(self._frames)
+                else:
+                    size = min(len(self._frames), self.overlap + self._new)
+                out += self._run(size, final=True)
+            out += self._release_held()
+        finally:
+            self._reset_stream()
+        return out
+
+    def reset(self):
+        """Forget the stream (pending frames are counted as dropped, reason ``reset``)."""
+        pending = self._new + len(self._held)
+        if pending:
+            self._drop('reset', pending)
+        self._reset_stream()
+
+    def note_dropped(self, reason, count=1):
+        """Count frames dropped before they reached :meth:`push` (e.g. the node was busy)."""
+        self._drop(str(reason), int(count))
+
+    # -- internals ------------------------------------------------------------------------
+
+    def _reset_stream(self):
+        self._shape = None
+        self._next_index = 0
+        self._k = 0  # next window number
+        self._new = 0  # frames pushed since the last window
+        self._frames = deque(maxlen=self.window)  # (rgb, stamp, index)
+        keep = self.window - 1 if self.flush_mode == 'reanchor' else self.overlap
+        self._published = deque(maxlen=max(keep, 1))  # (index, disparity) final values
+        self._held = []  # blend: [index, stamp, disparity] not yet final
+        self._drift_refs = deque(maxlen=self.drift_horizon)
+
+    def _drop(self, reason, count=1):
+        self._dropped[reason] = self._dropped.get(reason, 0) + count
+
+    def _check_frame(self, frame):
+        arr = np.asarray(frame) if isinstance(frame, np.ndarray) else None
+        if arr is None or arr.dtype != np.uint8 or arr.ndim != 3 or arr.shape[2] != 3 \
+                or arr.shape[0] < 1 or arr.shape[1] < 1:
+            self._drop('invalid')
+            desc = (f'shape {arr.shape} dtype {arr.dtype}' if arr is not None
+                    else type(frame).__name__)
+            raise InputError(f'frame must be an (H, W, 3) uint8 RGB numpy array, got {desc}; '
+                             'convert the image first (e.g. ros/messages.py)')
+        return arr
+
+    def _reference(self, indices):
+        """Return the final-or-held values for ``indices`` (all must be known)."""
+        held = {h[0]: h[2] for h in self._held}
+        pub = dict(self._published)
+        return np.stack([held[i] if i in held else pub[i] for i in indices])
+
+    def _known(self, index):
+        return any(h[0] == index for h in self._held) or any(p[0] == index
+                                                            for p in self._published)
+
+    def _predict(self, frames):
+        batch = np.stack([f[0] for f in frames])
+        t0 = self._clock()
+        raw = self.regressor.predict(batch)
+        self._last['last_model_seconds'] = float(self._clock() - t0)
+        raw = np.asarray(raw, dtype=np.float32)
+        want = batch.shape[:3]
+        if raw.shape != want:
+            raise InputError(f'regressor returned shape {raw.shape} for {want[0]} frames of '
+                             f'{want[2]}x{want[1]}; predict must return (T, H, W)')
+        return np.where(np.isfinite(raw), raw, np.float32(np.nan))
+
+    def _run(self, size, final):
+        """Run the window made of the last ``size`` buffered frames; return emitted frames."""
+        frames = list(self._frames)[len(self._frames) - size:]
+        k = self._k
+        try:
+            raw = self._predict(frames)
+        except Exception:
+            # The window's new frames have no output; the alignment reference would span a gap,
+            # so the stream starts over with the next frame.
+            self._drop('model_error', self._new + len(self._held))
+            self._counts['restarts'] += 1
+            self._reset_stream()
+            raise
+        self._counts['windows'] += 1
+        self._k += 1
+        self._new = 0
+        indices = [f[2] for f in frames]
+        ro = 0
+        while ro < len(indices) and self._known(indices[ro]):
+            ro += 1
+        if ro == 0:
+            aligned = raw
+            fit = IDENTITY
+            conf = np.ones(raw.shape[1:], np.float32)
+        else:
+            ref = self._reference(indices[:ro])
+            fit = clip_scale(fit_scale_shift(raw[:ro], ref, robust=self.robust,
+                                             prior=self._drift_prior(raw)), self.scale_clip)
+            aligned = apply_alignment(raw, fit)
+            conf = disagreement_confidence(ref, aligned[:ro], self.confidence_tau)
+        self._last.update(last_scale=float(fit.scale), last_shift=float(fit.shift),
+                          last_residual=float(fit.residual), last_clipped=bool(fit.clipped),
+                          last_inlier_fraction=float(fit.inlier_fraction))
+        refs = _percentiles(aligned)
+        if refs is not None:
+            self._drift_refs.append(refs)
+        out = []
+        held = {h[0]: h for h in self._held}
+        # Held frames (blend) are finalised by cross-fading them with this window.
+        if held:
+            pos = [j for j in range(ro) if indices[j] in held]
+            weights = crossfade_weights(len(pos))
+            blended = crossfade(np.stack([held[indices[j]][2] for j in pos]),
+                                aligned[pos], weights)
+            for n, j in enumerate(pos):
+                out.append(self._final(held[indices[j]][1], blended[n], conf, indices[j], k))
+            self._held = []
+        new = list(range(ro, len(indices)))
+        hold = 0 if final or self.policy == 'immediate' else min(self.overlap, len(new))
+        for j in new[: len(new) - hold]:
+            out.append(self._final(frames[j][1], aligned[j], conf, indices[j], k))
+        for j in new[len(new) - hold:]:
+            self._held.append([indices[j], frames[j][1], aligned[j]])
+        return out
+
+    def _final(self, stamp, disparity, conf, index, k):
+        disparity = np.ascontiguousarray(disparity, dtype=np.float32)
+        confidence = np.where(np.isnan(disparity), np.float32(0), conf).astype(np.float32)
+        self._published.append((index, disparity))
+        self._counts['emitted'] += 1
+        return DepthFrame(stamp, disparity, confidence, index, k)
+
+    def _release_held(self):
+        out = []
+        for index, stamp, disparity in self._held:
+            out.append(self._final(stamp, disparity, np.ones(disparity.shape, np.float32), index,
+                                   self._k - 1))
+        self._held = []
+        return out
+
+    def _drift_prior(self, raw):
+        if self.drift_strength == 0 or not self._drift_refs:
+            return None
+        q = _percentiles(raw)
+        if q is None:
+            return None
+        ref = np.mean(np.asarray(self._drift_refs), axis=0)
+        return np.asarray(q), ref, self.drift_strength
+
+
+class OfflineStitcher:
+    """The reference non-causal stitching, fed window by window, releasing final frames.
+
+    A frame is final once no later window covers it; at most one window of stitched values
+    is held. Equal to :func:`~dvd_ros.stream.align.stitch_offline` on the same outputs.
+
+    :param total: frames in the video.
+    :param window: frames per window.
+    :param overlap: nominal overlap.
+    :param variant: ``'single'`` (test_single_video.py: last window re-anchored, scale clipped)
+        or ``'eval'`` (eval script: short last window, no scale clip).
+    :param scale_clip: ``'reference'`` (the variant's own rule), ``(low, high)`` or None.
+    :param robust: see :func:`~dvd_ros.stream.align.fit_scale_shift` (False = reference).
+    """
+
+    def __init__(self, total, window, overlap, variant='single', scale_clip='reference',
+                 robust=False):
+        _check_choice(variant, ('single', 'eval'), 'variant')
+        schedule = offline_windows if variant == 'single' else eval_windows
+        self.windows = schedule(total, window, overlap)
+        self.total = total
+        if isinstance(scale_clip, str) and scale_clip == 'reference':
+            scale_clip = REFERENCE_SCALE_CLIP if variant == 'single' else None
+        self.scale_clip = check_scale_clip(scale_clip)
+        self.robust = robust
+        self._k = 0
+        self._tail = None  # stitched values of [tail_start, prev_end)
+        self._tail_start = 0
+        self.alignments = []
+
+    @property
+    def next_window(self):
+        """Return the ``(start, end)`` whose output :meth:`add` expects next, or None."""
+        return self.windows[self._k] if self._k < len(self.windows) else None
+
+    def add(self, output):
+        """Stitch the next window's output; return ``[(index, value)]`` that became final.
+
+        :param output: ``(n, ...)`` raw model output of :attr:`next_window` (``n >=
+            end - start``; extra padded frames are ignored).
+        :return: list of ``(frame index, (...) float32)`` in order.
+        """
+        if self.next_window is None:
+            raise InputError(f'all {len(self.windows)} windows were already added')
+        start, end = self.next_window
+        output = np.asarray(output, dtype=np.float32)
+        if len(output) < end - start:
+            raise InputError(f'window [{start}, {end}) needs {end - start} frames of output, got '
+                             f'{len(output)}')
+        raw = output[: end - start]
+        if self._tail is None:
+            merged, fit = raw.copy(), IDENTITY
+        else:
+            tail = self._tail[start - self._tail_start:]
+            merged, fit = stitch_step(tail, raw, self.scale_clip, True, self.robust)
+        self.alignments.append(fit)
+        self._k += 1
+        nxt = self.next_window
+        keep_from = nxt[0] if nxt is not None else end
+        cut = keep_from - start
+        out = [(start + i, merged[i]) for i in range(cut)]
+        self._tail = merged[cut:]
+        self._tail_start = keep_from
+        return out
+
+
+def run_offline(regressor, frames, window, overlap, total=None, variant='single',
+                scale_clip='reference', robust=False):
+    """Yield ``(index, disparity (H, W) float32)`` for every frame, stitched like the reference.
+
+    Frames are read lazily; at most one window of frames and of stitched values is held.
+
+    :param regressor: anything with ``predict(uint8 (T, H, W, 3)) -> float32 (T, H, W)``.
+    :param frames: iterable of ``(H, W, 3)`` uint8 frames.
+    :param window: frames per window.
+    :param overlap: nominal overlap.
+    :param total: number of frames (default ``len(frames)``; needed for iterators).
+    :param variant: ``'single'`` or ``'eval'`` (see :class:`OfflineStitcher`).
+    :param scale_clip: ``'reference'``, ``(low, high)`` or None.
+    :param robust: see :func:`~dvd_ros.stream.align.fit_scale_shift`.
+    :return: generator.
+    """
+    if total is None:
+        try:
+            total = len(frames)
+        except TypeError as exc:
+            raise InputError('run_offline needs total= when frames is an iterator') from exc
+    check_window(window, overlap)
+    stitcher = OfflineStitcher(total, window, overlap, variant, scale_clip, robust)
+    source = iter(frames)
+    buffer = []
+    base = 0
+    read = 0
+    while stitcher.next_window is not None:
+        start, end = stitcher.next_window
+        while read < end:
+            try:
+                buffer.append(next(source))
+            except StopIteration:
+                raise InputError(f'frames ended after {read} of total={total}') from None
+            read += 1
+        batch = np.stack(buffer[start - base:end - base])
+        raw = np.asarray(regressor.predict(batch), dtype=np.float32)
+        yield from stitcher.add(raw)
+        nxt = stitcher.next_window
+        if nxt is not None:
+            del buffer[: nxt[0] - base]
+            base = nxt[0]
