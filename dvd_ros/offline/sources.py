@@ -351,8 +351,8 @@ def open_bag_reader(path):
         reader.open()
     except (ReaderError, FileNotFoundError, *_BAG_READ_ERRORS) as exc:
         raise InputError(f'cannot read ROS 2 bag {path}: {exc} (the file is truncated, corrupt '
-                         'or not a rosbag2 MCAP/sqlite3 bag; re-record or repair it, e.g. '
-                         '`ros2 bag reindex`)') from exc
+                         'or not a rosbag2 MCAP/sqlite3 bag; re-record it or repair it '
+                         '(`mcap recover`, `ros2 bag reindex`))') from exc
     return reader
 
 
@@ -369,7 +369,8 @@ def bag_messages(reader, connections, path):
             return
         except (ReaderError, *_BAG_READ_ERRORS) as exc:
             raise InputError(f'ROS 2 bag {path} is damaged after {count} messages: {exc} '
-                             '(re-record or repair it, e.g. `ros2 bag reindex`)') from exc
+                             '(re-record it or repair it: `mcap recover`, '
+                             '`ros2 bag reindex`)') from exc
         count += 1
         yield item
 
