@@ -1,0 +1,370 @@
+"""Golden parity and error handling of dvd_ros.model.checkpoint (fixtures from the reference)."""
+
+import json
+
+import pytest
+from safetensors import safe_open
+from safetensors.torch import load_file, save_file
+import torch
+
+from dvd_ros.errors import WeightsError
+from dvd_ros.model import checkpoint, presets
+
+TOL = 1e-4
+torch.set_num_threads(1)
+
+
+@pytest.fixture(scope='module')
+def dit_file(fixtures):
+    return fixtures / 'dvd_tiny_dit.safetensors'
+
+
+@pytest.fixture(scope='module')
+def release_state(dit_file):
+    """Every tensor of the tiny release file, in file order."""
+    with safe_open(str(dit_file), framework='pt') as handle:
+        return {k: handle.get_tensor(k) for k in handle.keys()}
+
+
+@pytest.fixture(scope='module')
+def models(dit_file):
+    return checkpoint.load_models(dit_file)
+
+
+@pytest.fixture(scope='module')
+def dit_io(fixtures):
+    return load_file(str(fixtures / 'dvd_tiny_dit_io.safetensors'))
+
+
+@pytest.fixture(scope='module')
+def vae_io(fixtures):
+    return load_file(str(fixtures / 'dvd_tiny_vae_io.safetensors'))
+
+
+def run_dit(transformer, latents, io):
+    context = torch.zeros(*io['context_shape'].tolist(), dtype=latents.dtype)
+    with torch.inference_mode():
+        return transformer(latents, io['timestep'], context, return_dict=False)[0]
+
+
+def max_err(a, b):
+    return (a.float() - b.float()).abs().max().item()
+
+
+# ------------------------------------------------------------------ DiT parity
+
+def test_dit_output_matches_reference(models, dit_io):
+    assert max_err(run_dit(models.transformer, dit_io['latents'], dit_io), dit_io['output']) <= TOL
+
+
+def test_dit_single_frame_matches_reference(models, dit_io):
+    out = run_dit(models.transformer, dit_io['latents_t1'], dit_io)
+    assert out.shape == dit_io['output_t1'].shape
+    assert max_err(out, dit_io['output_t1']) <= TOL
+
+
+def test_negative_control_base_only_differs(dit_file, models, dit_io):
+    base = checkpoint.load_models(dit_file, merge_lora=False)
+    out_base = run_dit(base.transformer, dit_io['latents'], dit_io)
+    out = run_dit(models.transformer, dit_io['latents'], dit_io)
+    # A loader that forgets the LoRA reproduces this control, not the output.
+    assert max_err(out_base, dit_io['output_base_only_no_lora']) <= TOL
+    assert max_err(out, out_base) > 100 * TOL
+    assert max_err(dit_io['output'], dit_io['output_base_only_no_lora']) > 100 * TOL
+
+
+def test_lora_alpha_override_scales_the_delta(dit_file, models, dit_io):
+    doubled = checkpoint.load_models(dit_file, lora_alpha=8)
+    assert doubled.meta['lora_alpha'] == 8
+    name = 'blocks.0.attn1.to_q.weight'
+    base = checkpoint.load_models(dit_file, merge_lora=False).transformer.state_dict()[name]
+    merged = models.transformer.state_dict()[name]
+    assert torch.allclose(doubled.transformer.state_dict()[name] - base,
+                          2 * (merged - base), atol=1e-6)
+
+
+def test_loaded_meta_describes_the_lora(models, fixture_config):
+    assert models.meta['lora_rank'] == fixture_config['lora']['rank']
+    assert models.meta['lora_alpha'] == fixture_config['lora']['alpha']
+    assert models.meta['lora_merged'] is True
+
+
+def test_inferred_config_equals_fixture_config(models, fixture_config):
+    expected = presets.preset_from_fixture_config(fixture_config).transformer
+    config = models.transformer.config
+    for key, value in expected.items():
+        got = config[key]
+        assert (tuple(got) if isinstance(got, list) else got) == (
+            tuple(value) if isinstance(value, list) else value), key
+
+
+def test_bfloat16_load_runs_close(dit_file, dit_io):
+    low = checkpoint.load_models(dit_file, dtype=torch.bfloat16)
+    assert low.dtype == torch.bfloat16
+    out = run_dit(low.transformer, dit_io['latents'].bfloat16(), dit_io)
+    assert out.dtype == torch.bfloat16
+    assert max_err(out, dit_io['output']) < 0.1
+
+
+# ------------------------------------------------------------------ VAE parity
+
+def normalise(mu, models):
+    mean = torch.tensor(models.latents_mean).view(1, -1, 1, 1, 1)
+    std = torch.tensor(models.latents_std).view(1, -1, 1, 1, 1)
+    return (mu - mean) / std, mean, std
+
+
+@pytest.mark.parametrize('video, latents, decoded', [
+    ('video', 'latents', 'decoded'), ('image', 'image_latents', 'image_decoded')])
+def test_vae_encode_decode_match_reference(models, vae_io, video, latents, decoded):
+    with torch.inference_mode():
+        mu = models.vae.encode(vae_io[video]).latent_dist.mode()
+        z, mean, std = normalise(mu, models)
+        assert max_err(z, vae_io[latents]) <= TOL
+        out = models.vae.decode(vae_io[latents] * std + mean).sample.clamp(-1, 1)
+    assert max_err(out, vae_io[decoded]) <= TOL
+
+
+def test_latent_statistics_match_fixture(models, vae_io):
+    assert torch.allclose(torch.tensor(models.latents_mean), vae_io['latents_mean'])
+    assert torch.allclose(torch.tensor(models.latents_std), vae_io['latents_std'])
+
+
+# ------------------------------------------------------------------ name mapping
+
+def test_full_1p3b_layout_maps_onto_meta_models(fixtures):
+    from diffusers import AutoencoderKLWan, WanTransformer3DModel
+
+    keys = json.loads((fixtures / 'dvd_1p3b_checkpoint_keys.json').read_text())
+    dit = {k.removeprefix('pipe.dit.'): v for k, v in keys['pipe_dit'].items()}
+    meta_tensors = {k: torch.empty(v, device='meta') for k, v in dit.items()}
+    merged, info = checkpoint.merge_lora((list(dit), meta_tensors.__getitem__))
+    assert info['rank'] == keys['lora']['rank']
+    assert info['lora_pairs'] == keys['counts']['pipe_dit_lora_tensors'] // 2
+    assert {k: list(v.shape) for k, v in merged.items()} == keys['base_wan_dit_without_lora']
+    config = checkpoint.infer_dit_config({k: tuple(v.shape) for k, v in merged.items()})
+    assert config == {**presets.DIT_1P3B, 'patch_size': tuple(presets.DIT_1P3B['patch_size'])}
+    with torch.device('meta'):
+        transformer = WanTransformer3DModel(**presets.DIT_1P3B)
+        vae = AutoencoderKLWan(**presets.VAE_WAN21)
+    want = {k: list(v.shape) for k, v in transformer.state_dict().items()}
+    got = {checkpoint.dit_name_to_diffusers(k): list(v.shape) for k, v in merged.items()}
+    assert len(got) == len(merged) == len(want) == 825
+    assert got == want
+    assert {checkpoint.dit_name_to_wan(k) for k in want} == set(merged)
+
+    original = {k.removeprefix('pipe.vae.model.'): v for k, v in keys['pipe_vae'].items()}
+    assert checkpoint.infer_vae_config({k: tuple(v) for k, v in original.items()}) == (
+        presets.VAE_WAN21)
+    want = {k: list(v.shape) for k, v in vae.state_dict().items()}
+    got = {checkpoint.vae_name_to_diffusers(k, 2): v for k, v in original.items()}
+    assert len(got) == len(want) == 194
+    assert got == want
+    assert {checkpoint.vae_name_to_original(k, 2) for k in want} == set(original)
+
+
+def test_mapping_agrees_with_diffusers_converters(release_state):
+    from diffusers.loaders.single_file_utils import (
+        convert_wan_transformer_to_diffusers,
+        convert_wan_vae_to_diffusers,
+    )
+
+    dit = {k.removeprefix('pipe.dit.'): v for k, v in release_state.items()
+           if k.startswith('pipe.dit.')}
+    merged, _ = checkpoint.merge_lora((list(dit), dit.__getitem__))
+    theirs = convert_wan_transformer_to_diffusers(dict(merged))
+    assert set(theirs) == {checkpoint.dit_name_to_diffusers(k) for k in merged}
+    vae = {k.removeprefix('pipe.vae.model.'): v for k, v in release_state.items()
+           if k.startswith('pipe.vae.model.')}
+    theirs = convert_wan_vae_to_diffusers(dict(vae))
+    mine = {checkpoint.vae_name_to_diffusers(k, 2): v for k, v in vae.items()}
+    assert set(theirs) == set(mine)
+    assert all(torch.equal(theirs[k], mine[k]) for k in mine)
+
+
+# ------------------------------------------------------------------ layouts that load
+
+def test_module_prefixed_copy_loads(tmp_path, release_state, dit_io):
+    path = tmp_path / 'model.safetensors'
+    save_file({'module.' + k: v for k, v in release_state.items()}, str(path))
+    loaded = checkpoint.load_models(path)
+    assert checkpoint.describe(path)['prefix'] == 'module.'
+    assert max_err(run_dit(loaded.transformer, dit_io['latents'], dit_io),
+                   dit_io['output']) <= TOL
+
+
+@pytest.mark.parametrize('vae_format', ['safetensors', 'pth'])
+def test_copy_without_vae_loads_with_separate_vae(tmp_path, release_state, fixtures, vae_io,
+                                                  vae_format):
+    path = tmp_path / 'dvd_1.1.safetensors'
+    save_file({k: v for k, v in release_state.items() if k.startswith('pipe.dit.')}, str(path))
+    with pytest.raises(WeightsError, match='no VAE copy'):
+        checkpoint.load_models(path)
+    vae_path = fixtures / 'dvd_tiny_vae.safetensors'
+    if vae_format == 'pth':
+        vae_path = tmp_path / 'Wan2.1_VAE.pth'
+        torch.save(load_file(str(fixtures / 'dvd_tiny_vae.safetensors')), vae_path)
+    loaded = checkpoint.load_models(path, vae_path=vae_path)
+    with torch.inference_mode():
+        mu = loaded.vae.encode(vae_io['image']).latent_dist.mode()
+    assert max_err(normalise(mu, loaded)[0], vae_io['image_latents']) <= TOL
+
+
+def test_convert_then_load_folder_gives_same_outputs(tmp_path, models, dit_io, vae_io):
+    folder = checkpoint.save_converted(models, tmp_path / 'converted', meta={'height': 48,
+                                                                            'width': 80})
+    assert checkpoint.detect_layout(folder) == 'converted'
+    again = checkpoint.load_models(folder)
+    assert again.meta['height'] == 48 and again.meta['lora_rank'] == models.meta['lora_rank']
+    assert torch.equal(run_dit(again.transformer, dit_io['latents'], dit_io),
+                       run_dit(models.transformer, dit_io['latents'], dit_io))
+    with torch.inference_mode():
+        assert torch.equal(again.vae.encode(vae_io['image']).latent_dist.mode(),
+                           models.vae.encode(vae_io['image']).latent_dist.mode())
+    info = checkpoint.describe(folder)
+    assert info['dit_tensors'] == len(models.transformer.state_dict())
+    assert info['vae_tensors'] == len(models.vae.state_dict())
+
+
+# ------------------------------------------------------------------ writing the release layout
+
+def test_write_release_from_state_dict_roundtrips_exactly(tmp_path, release_state):
+    dit = {k.removeprefix('pipe.dit.'): v for k, v in release_state.items()
+           if k.startswith('pipe.dit.')}
+    vae = {k.removeprefix('pipe.vae.model.'): v for k, v in release_state.items()
+           if k.startswith('pipe.vae.model.')}
+    path = checkpoint.write_release_checkpoint(tmp_path / 'out.safetensors', dit, vae=vae)
+    written = load_file(str(path))
+    assert set(written) == set(release_state)
+    assert all(torch.equal(written[k], release_state[k]) for k in release_state)
+
+
+@pytest.mark.parametrize('alpha', [4, 8])
+def test_write_release_from_peft_transformer_loads_back(tmp_path, dit_file, release_state,
+                                                       models, dit_io, alpha):
+    from peft import LoraConfig
+
+    base = checkpoint.load_models(dit_file, merge_lora=False)
+    transformer = base.transformer
+    targets = ['to_q', 'to_k', 'to_v', 'to_out.0', 'net.0.proj', 'net.2']
+    transformer.add_adapter(LoraConfig(r=4, lora_alpha=alpha, target_modules=targets))
+    state = transformer.state_dict()
+    for key, value in release_state.items():
+        name = key.removeprefix('pipe.dit.')
+        if '.lora_' in name:
+            target = checkpoint.dit_name_to_diffusers(name)
+            # peft scales by alpha / r; undo it so the merged weights equal the fixture's.
+            factor = 4 / alpha if '.lora_B.' in name else 1.0
+            state[target].copy_(value * factor)
+    path = checkpoint.write_release_checkpoint(tmp_path / 'trained.safetensors', transformer,
+                                               vae=base.vae)
+    assert checkpoint.describe(path)['lora_pairs'] == 20
+    loaded = checkpoint.load_models(path)
+    assert loaded.transformer.config.num_attention_heads == 2
+    assert max_err(run_dit(loaded.transformer, dit_io['latents'], dit_io),
+                   dit_io['output']) <= TOL
+    written = load_file(str(path))
+    assert set(written) == set(release_state)
+
+
+# ------------------------------------------------------------------ errors a user can act on
+
+def test_missing_file(tmp_path):
+    with pytest.raises(WeightsError, match='not found'):
+        checkpoint.load_models(tmp_path / 'model.safetensors')
+
+
+def test_truncated_safetensors(tmp_path, dit_file):
+    path = tmp_path / 'model.safetensors'
+    path.write_bytes(dit_file.read_bytes()[:100_000])
+    with pytest.raises(WeightsError, match='truncated or corrupt'):
+        checkpoint.load_models(path)
+
+
+def test_unknown_layout(tmp_path):
+    path = tmp_path / 'other.safetensors'
+    save_file({'some.weight': torch.zeros(2)}, str(path))
+    with pytest.raises(WeightsError, match='unknown checkpoint layout.*some.weight'):
+        checkpoint.load_models(path)
+
+
+def test_folder_without_meta(tmp_path):
+    with pytest.raises(WeightsError, match='dvd_ros.json'):
+        checkpoint.load_models(tmp_path)
+
+
+def edited(tmp_path, release_state, drop=(), add=None):
+    state = {k: v for k, v in release_state.items() if k not in drop}
+    state.update(add or {})
+    path = tmp_path / 'edited.safetensors'
+    save_file(state, str(path))
+    return path
+
+
+def test_missing_key_is_listed(tmp_path, release_state):
+    path = edited(tmp_path, release_state, drop=['pipe.dit.blocks.1.cross_attn.norm_k.weight'])
+    with pytest.raises(WeightsError, match=r'missing 1 keys: blocks\.1\.attn2\.norm_k\.weight'):
+        checkpoint.load_models(path)
+
+
+def test_unexpected_key_is_listed(tmp_path, release_state):
+    path = edited(tmp_path, release_state,
+                  add={'pipe.dit.blocks.0.self_attn.k_img.weight': torch.zeros(64, 64)})
+    with pytest.raises(WeightsError, match=r'unexpected DiT keys.*k_img'):
+        checkpoint.load_models(path)
+
+
+def test_unexpected_vae_key_is_listed(tmp_path, release_state):
+    path = edited(tmp_path, release_state,
+                  add={'pipe.vae.model.decoder.extra.weight': torch.zeros(3)})
+    with pytest.raises(WeightsError, match=r'unexpected VAE keys.*decoder\.extra\.weight'):
+        checkpoint.load_models(path)
+
+
+def test_shape_mismatch(tmp_path, release_state):
+    path = edited(tmp_path, release_state,
+                  add={'pipe.dit.blocks.1.self_attn.norm_q.weight': torch.ones(32)})
+    with pytest.raises(WeightsError, match=r'shape mismatch.*blocks\.1\.attn1\.norm_q\.weight'):
+        checkpoint.load_models(path)
+
+
+def test_incomplete_lora_pair(tmp_path, release_state):
+    path = edited(tmp_path, release_state,
+                  drop=['pipe.dit.blocks.0.ffn.0.lora_B.default.weight'])
+    with pytest.raises(WeightsError, match='incomplete LoRA pair'):
+        checkpoint.load_models(path)
+
+
+def test_unsafe_pickle_is_refused(tmp_path, release_state):
+    path = edited(tmp_path, {k: v for k, v in release_state.items() if 'pipe.dit.' in k})
+    unsafe = tmp_path / 'Wan2.1_VAE.pth'
+    torch.save({'weight': torch.zeros(1), 'hook': print}, unsafe)
+    with pytest.raises(WeightsError, match='unsafe unpickling'):
+        checkpoint.load_models(path, vae_path=unsafe)
+
+
+def test_corrupt_pickle(tmp_path, release_state):
+    path = edited(tmp_path, {k: v for k, v in release_state.items() if 'pipe.dit.' in k})
+    bad = tmp_path / 'Wan2.1_VAE.pth'
+    bad.write_bytes(b'not a pickle at all')
+    with pytest.raises(WeightsError, match='truncated or corrupt'):
+        checkpoint.load_models(path, vae_path=bad)
+
+
+def test_vae_file_given_as_checkpoint(fixtures):
+    with pytest.raises(WeightsError, match='holds only a VAE'):
+        checkpoint.load_models(fixtures / 'dvd_tiny_vae.safetensors')
+
+
+def test_default_weights_missing_is_clear(tmp_path):
+    with pytest.raises(WeightsError, match='not found'):
+        checkpoint.load_models(tmp_path / 'assets' / 'tiny')
+
+
+def test_describe_release(dit_file, fixture_config):
+    info = checkpoint.describe(dit_file)
+    assert info['layout'] == 'release'
+    assert info['lora_rank'] == fixture_config['lora']['rank']
+    assert info['vae_tensors'] == 194
+    assert info['lora_pairs'] == 20
+    assert info['dit_tensors'] + info['vae_tensors'] == 303
