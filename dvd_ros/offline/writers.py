@@ -57,14 +57,14 @@ def parse_outputs(text):
 def check_output_dir(path):
     """Create `path` if needed and check it is a writable directory (InputError otherwise)."""
     path = Path(path)
+    if path.exists() and not path.is_dir():
+        raise InputError(f'output {path} exists and is not a directory; pass a directory as '
+                         '--out')
     try:
         path.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise InputError(f'cannot create output directory {path}: {exc.strerror or exc}; pass a '
                          'writable --out') from exc
-    if not path.is_dir():
-        raise InputError(f'output {path} exists and is not a directory; pass a directory as '
-                         '--out')
     probe = path / '.dvd_ros_write_test'
     try:
         probe.write_bytes(b'')
