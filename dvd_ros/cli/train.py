@@ -1,0 +1,90 @@
+"""`dvd-ros train`: train the tiny VAE / DiT on synthetic scenes (spec 3 losses, LoRA)."""
+
+from dataclasses import replace
+import json
+from pathlib import Path
+import time
+
+from dvd_ros.cli.main import CliError
+
+
+def add_parser(subparsers):
+    """Add the `train` subcommand parser."""
+    p = subparsers.add_parser(
+        'train', help='fine-tune a DVD model (LMR losses, LoRA)',
+        description='Train on procedurally rendered scenes. Stage "vae" trains a Wan VAE '
+                    'autoencoder on RGB and disparity clips; stage "dit" trains the DiT '
+                    'regressor (full, or LoRA on a base) with MSE + LMR and writes a '
+                    'checkpoint in the converted layout (and the official release layout).')
+    p.add_argument('out', help='output directory (state.pt, log.jsonl, checkpoints)')
+    p.add_argument('--stage', choices=('vae', 'dit'), default='dit')
+    p.add_argument('--steps', type=int, default=1000, help='optimizer steps (default 1000)')
+    p.add_argument('--lr', type=float, default=None,
+                   help='learning rate (default 1e-3 vae, 1e-3 dit from scratch, 1e-4 LoRA)')
+    p.add_argument('--height', type=int, default=64, help='training frame height (x16)')
+    p.add_argument('--width', type=int, default=96, help='training frame width (x16)')
+    p.add_argument('--seeds', default='0:240', help='scene seeds as START:STOP (default 0:240)')
+    p.add_argument('--clips-per-seed', type=int, default=4)
+    p.add_argument('--clip-frames', type=int, default=9)
+    p.add_argument('--video-frames', type=int, default=5, help='frames per video sample, 4n+1')
+    p.add_argument('--seed', type=int, default=0, help='training RNG seed')
+    p.add_argument('--loss', choices=('full', 'l2'), default='full',
+                   help='full = MSE + 0.5 (L_t + L_h + L_w); l2 = MSE only (ablation)')
+    p.add_argument('--vae', default=None, help='stage dit: folder of the trained VAE stage')
+    p.add_argument('--base', default=None,
+                   help='stage dit: base weights (converted folder/release file) to fine-tune '
+                        'with LoRA; without it the tiny DiT is trained fully from scratch')
+    p.add_argument('--lora-rank', type=int, default=None,
+                   help='wrap the DiT with LoRA of this rank (alpha = rank); base frozen')
+    p.add_argument('--resume', action='store_true', help='continue from OUT/state.pt')
+    p.add_argument('--save-every', type=int, default=200)
+    p.add_argument('--bank', default=None, help='cache file of rendered clips (.npz)')
+    p.add_argument('--threads', type=int, default=1, help='torch CPU threads (default 1)')
+    p.add_argument('--no-progress', action='store_true')
+    p.set_defaults(func=run)
+
+
+def _seeds(text):
+    try:
+        start, stop = (int(x) for x in text.split(':'))
+    except ValueError:
+        raise CliError(f'--seeds must be START:STOP integers, got {text!r}') from None
+    if stop <= start:
+        raise CliError(f'--seeds needs STOP > START, got {text!r}')
+    return range(start, stop)
+
+
+def run(args):
+    """Run the `train` subcommand."""
+    import torch
+
+    from dvd_ros.train import stages
+    from dvd_ros.train.trainer import TrainConfig
+
+    torch.set_num_threads(max(1, args.threads))
+    torch.manual_seed(args.seed)
+    if args.height % 16 or args.width % 16:
+        raise CliError(f'--height/--width must be multiples of 16, got {args.height}x'
+                       f'{args.width}')
+    if args.video_frames % 4 != 1:
+        raise CliError(f'--video-frames must be 4n+1, got {args.video_frames}')
+    if args.stage == 'dit' and not args.vae and not args.base:
+        raise CliError('stage dit needs --vae DIR (output of --stage vae) or --base WEIGHTS')
+    out = Path(args.out)
+    seeds = _seeds(args.seeds)
+    bank_path = args.bank or out.parent / (f'bank_{seeds.start}_{seeds.stop}_{args.clips_per_seed}'
+                                           f'x{args.clip_frames}_{args.height}x{args.width}.npz')
+    lr = args.lr if args.lr is not None else (1e-4 if args.lora_rank else 1e-3)
+    cfg = TrainConfig(stage=args.stage, steps=args.steps, lr=lr, loss=args.loss,
+                      seed=args.seed, save_every=args.save_every,
+                      video_frames=args.video_frames, cosine=not args.lora_rank)
+    if args.stage == 'vae':
+        cfg = replace(cfg, image_batch=8, video_batch=2, image_weight=0.25)
+    t0 = time.time()
+    result = stages.run_stage(
+        cfg, out, seeds=seeds, bank_path=bank_path, height=args.height, width=args.width,
+        clips_per_seed=args.clips_per_seed, clip_frames=args.clip_frames, vae_dir=args.vae,
+        base=args.base, lora_rank=args.lora_rank, resume=args.resume,
+        progress=not args.no_progress)
+    print(json.dumps({'out': str(out), 'wall_seconds': round(time.time() - t0, 1), **result}))
+    return 0

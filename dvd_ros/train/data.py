@@ -1,0 +1,98 @@
+"""Synthetic training data: banks of rendered clips and image-video joint batch sampling."""
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from dvd_ros.errors import InputError
+from dvd_ros.synthetic import SyntheticScene
+from dvd_ros.train.targets import normalized_disparity
+
+
+@dataclass
+class ClipBank:
+    """Rendered clips: ``rgb`` (N, T, H, W, 3) uint8, ``depth`` (N, T, H, W) float32 metres."""
+
+    rgb: np.ndarray
+    depth: np.ndarray
+    seeds: np.ndarray  # (N,) scene seed of each clip
+
+    def __len__(self):
+        return self.rgb.shape[0]
+
+    def disparity(self, k):
+        """Return the (T, H, W) normalised disparity target of clip ``k`` (joint percentiles)."""
+        return normalized_disparity(self.depth[k])
+
+
+def render_bank(seeds, clips_per_seed=4, frames=9, height=64, width=96, stride=2,
+                gap=37, progress=False):
+    """Render ``clips_per_seed`` clips of ``frames`` frames from each scene seed -> ClipBank.
+
+    Clips of one scene start ``gap`` frames apart (different views of the same room).
+    """
+    seeds = [int(s) for s in seeds]
+    if not seeds or clips_per_seed < 1 or frames < 1:
+        raise InputError(f'need seeds, clips_per_seed >= 1 and frames >= 1, got {len(seeds)} '
+                         f'seeds, {clips_per_seed}, {frames}')
+    rgbs, depths, owners = [], [], []
+    iterator = seeds
+    if progress:
+        from tqdm import tqdm
+        iterator = tqdm(seeds, desc='render', unit='scene')
+    for seed in iterator:
+        scene = SyntheticScene(seed, height=height, width=width)
+        for c in range(clips_per_seed):
+            rgb, depth = scene.clip(frames, start=c * gap, stride=stride)
+            rgbs.append(rgb)
+            depths.append(depth)
+            owners.append(seed)
+    return ClipBank(np.stack(rgbs), np.stack(depths), np.asarray(owners))
+
+
+def load_or_render_bank(path, **kwargs):
+    """Load a cached bank from ``path`` (.npz) or render it with ``render_bank`` and save it."""
+    path = Path(path)
+    if path.is_file():
+        with np.load(path) as z:
+            return ClipBank(z['rgb'], z['depth'], z['seeds'])
+    bank = render_bank(**kwargs)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    np.savez(path, rgb=bank.rgb, depth=bank.depth, seeds=bank.seeds)
+    return bank
+
+
+class JointSampler:
+    """Draw image (T = 1) or video batches at random with fixed weights (spec 3.4).
+
+    :param n_clips: number of clips in the bank
+    :param clip_frames: frames per clip in the bank
+    :param video_frames: frames per video sample (4n + 1, <= clip_frames)
+    :param image_batch: clips per image batch (one random frame each)
+    :param video_batch: clips per video batch
+    :param image_weight: probability weight of an image batch (video gets ``1 - image_weight``)
+    :param rng: numpy Generator (its state is part of the resumable training state)
+    """
+
+    def __init__(self, n_clips, clip_frames, video_frames=5, image_batch=8, video_batch=2,
+                 image_weight=1 / 6, rng=None):
+        if video_frames % 4 != 1 or video_frames > clip_frames:
+            raise InputError(f'video_frames must be 4n+1 and <= {clip_frames}, got '
+                             f'{video_frames}')
+        self.n_clips, self.clip_frames = n_clips, clip_frames
+        self.video_frames = video_frames
+        self.image_batch, self.video_batch = image_batch, video_batch
+        self.image_weight = image_weight
+        self.rng = rng if rng is not None else np.random.default_rng(0)
+
+    def draw(self):
+        """Return a list of ``(clip_index, start, length)`` for one batch (equal lengths)."""
+        if self.rng.random() < self.image_weight:
+            idx = self.rng.integers(self.n_clips, size=self.image_batch)
+            starts = self.rng.integers(self.clip_frames, size=self.image_batch)
+            return [(int(i), int(s), 1) for i, s in zip(idx, starts)]
+        idx = self.rng.integers(self.n_clips, size=self.video_batch)
+        starts = self.rng.integers(self.clip_frames - self.video_frames + 1,
+                                   size=self.video_batch)
+        return [(int(i), int(s), self.video_frames) for i, s in zip(idx, starts)]

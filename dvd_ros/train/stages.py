@@ -1,0 +1,95 @@
+"""The two training stages end to end: data, models, training, and saving the results."""
+
+from dataclasses import asdict
+import json
+from pathlib import Path
+
+import torch
+
+from dvd_ros.errors import InputError
+from dvd_ros.train.data import load_or_render_bank
+from dvd_ros.train.trainer import (
+    TINY_DIT_CONFIG,
+    TINY_VAE_CONFIG,
+    Trainer,
+    latent_statistics,
+)
+
+
+def load_vae_stage(vae_dir):
+    """Load the VAE written by the 'vae' stage -> (vae, latents_mean, latents_std).
+
+    The VAE's own latent statistics are folded into its quant convs so that the returned
+    statistics are the stock Wan2.1 ones (the release layout cannot store statistics).
+    """
+    from diffusers import AutoencoderKLWan
+
+    from dvd_ros.model import presets
+    from dvd_ros.train.export import fold_latent_statistics
+
+    vae_dir = Path(vae_dir)
+    meta_path = vae_dir / 'vae_stage.json'
+    if not meta_path.is_file():
+        raise InputError(f'{vae_dir} is not a VAE stage output (no vae_stage.json); run '
+                         '`dvd-ros train DIR --stage vae` first')
+    meta = json.loads(meta_path.read_text())
+    vae = AutoencoderKLWan.from_pretrained(vae_dir / 'vae')
+    fold_latent_statistics(vae, meta['latents_mean'], meta['latents_std'], presets.LATENTS_MEAN,
+                           presets.LATENTS_STD)
+    return vae.eval(), list(presets.LATENTS_MEAN), list(presets.LATENTS_STD)
+
+
+def run_stage(cfg, out, seeds, bank_path, height, width, clips_per_seed, clip_frames,
+              vae_dir=None, base=None, lora_rank=None, resume=False, progress=True):
+    """Train one stage and save its outputs under ``out``; returns a summary dict."""
+    from diffusers import AutoencoderKLWan, WanTransformer3DModel
+
+    out = Path(out)
+    bank = load_or_render_bank(bank_path, seeds=seeds, clips_per_seed=clips_per_seed,
+                               frames=clip_frames, height=height, width=width,
+                               progress=progress)
+    if cfg.stage == 'vae':
+        vae = AutoencoderKLWan(**TINY_VAE_CONFIG)
+        trainer = Trainer(cfg, bank, out, vae)
+        if resume:
+            trainer.load_state()
+        trainer.run(progress=progress)
+        vae.eval()
+        mean, std = latent_statistics(vae, bank)
+        vae.register_to_config(latents_mean=mean, latents_std=std)
+        vae.save_pretrained(out / 'vae', safe_serialization=True)
+        meta = {'latents_mean': mean, 'latents_std': std, 'height': height, 'width': width,
+                'train': asdict(cfg), 'seeds': [seeds.start, seeds.stop],
+                'train_seconds': round(trainer.seconds, 1)}
+        (out / 'vae_stage.json').write_text(json.dumps(meta, indent=1))
+        return {'stage': 'vae', 'steps': trainer.step, 'train_seconds': meta['train_seconds']}
+
+    if base is not None:
+        from dvd_ros.model.checkpoint import load_models
+
+        models = load_models(base)
+        vae, transformer = models.vae, models.transformer
+        mean, std = models.latents_mean, models.latents_std
+        if vae_dir is not None:
+            vae, mean, std = load_vae_stage(vae_dir)
+    else:
+        vae, mean, std = load_vae_stage(vae_dir)
+        torch.manual_seed(cfg.seed)
+        transformer = WanTransformer3DModel(**TINY_DIT_CONFIG)
+    lora = None
+    if lora_rank:
+        from dvd_ros.train.lora import add_lora
+
+        lora = add_lora(transformer, rank=lora_rank, alpha=lora_rank)
+    trainer = Trainer(cfg, bank, out, vae, transformer, mean, std)
+    if resume:
+        trainer.load_state()
+    trainer.run(progress=progress)
+    meta = {'height': height, 'width': width, 'train': asdict(cfg),
+            'seeds': [seeds.start, seeds.stop], 'train_seconds': round(trainer.seconds, 1),
+            'lora': lora}
+    from dvd_ros.train.export import save_trained
+
+    paths = save_trained(out, transformer, vae, mean, std, meta, lora=lora)
+    return {'stage': 'dit', 'steps': trainer.step, 'train_seconds': meta['train_seconds'],
+            **{k: str(v) for k, v in paths.items()}}

@@ -1,0 +1,221 @@
+"""Training loops: the tiny Wan VAE autoencoder stage and the DVD DiT regression stage.
+
+Both stages keep a resumable state (model, optimizer, scheduler, step, numpy and torch RNG) in
+``<out>/state.pt``, written every ``save_every`` steps and at the end; ``resume=True`` continues
+from it bit-exactly on the same machine.
+"""
+
+from dataclasses import asdict, dataclass, field
+import json
+import math
+from pathlib import Path
+import time
+
+import numpy as np
+import torch
+
+from dvd_ros.errors import InputError
+from dvd_ros.train import latent
+from dvd_ros.train.data import JointSampler
+from dvd_ros.train.losses import dvd_loss
+from dvd_ros.train.targets import normalized_disparity, rgb_video, target_video
+
+# Small Wan VAE: same architecture as Wan2.1 (causal 3D convs, RMS norms, 8x spatial / 4x
+# temporal), narrower and with one residual block per level so it trains on one CPU thread.
+TINY_VAE_CONFIG = {'base_dim': 16, 'z_dim': 16, 'dim_mult': [1, 2, 4, 4], 'num_res_blocks': 1,
+                   'attn_scales': [], 'temperal_downsample': [False, True, True], 'dropout': 0.0}
+# Small Wan DiT: same block structure as Wan2.1-T2V-1.3B; head dim 32 keeps the RoPE split
+# (head_dim // 3 even) identical between the reference and diffusers (spec 4.3 caveat).
+TINY_DIT_CONFIG = {'patch_size': [1, 2, 2], 'num_attention_heads': 4, 'attention_head_dim': 32,
+                   'in_channels': 16, 'out_channels': 16, 'text_dim': 32, 'freq_dim': 64,
+                   'ffn_dim': 512, 'num_layers': 4, 'cross_attn_norm': True,
+                   'qk_norm': 'rms_norm_across_heads', 'eps': 1e-6, 'image_dim': None,
+                   'added_kv_proj_dim': None, 'rope_max_seq_len': 1024}
+
+
+@dataclass
+class TrainConfig:
+    """Hyper-parameters of one training run (stored in the state and the checkpoint meta)."""
+
+    stage: str = 'dit'  # 'vae' or 'dit'
+    steps: int = 1000
+    lr: float = 1e-4
+    weight_decay: float = 0.01
+    betas: tuple = (0.9, 0.999)
+    grad_clip: float = 1.0
+    warmup: int = 5  # ConstantLR(factor 1/3) for the first steps, as the reference
+    cosine: bool = False  # decay to 10 % (used for the from-scratch tiny stages)
+    video_frames: int = 5
+    image_batch: int = 8
+    video_batch: int = 2
+    image_weight: float = 1 / 6
+    loss: str = 'full'
+    seed: int = 0
+    save_every: int = 200
+    extra: dict = field(default_factory=dict)
+
+
+def lr_factor(cfg, step):
+    """Return the learning-rate multiplier at optimizer ``step`` (0-based)."""
+    f = 1.0 / 3.0 if step < cfg.warmup else 1.0
+    if cfg.cosine:
+        f *= 0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(step / max(cfg.steps, 1), 1.0)))
+    return f
+
+
+def _batch(bank, draw):
+    """Assemble (rgb (B, 3, T, H, W), disparity target (B, 3, T, H, W)) tensors in [-1, 1]."""
+    rgbs, tgts = [], []
+    for k, start, length in draw:
+        rgbs.append(rgb_video(bank.rgb[k, start:start + length]))
+        # Percentiles over the frames actually used, jointly (an image uses its own frame).
+        tgts.append(target_video(normalized_disparity(bank.depth[k, start:start + length])))
+    return torch.from_numpy(np.stack(rgbs)), torch.from_numpy(np.stack(tgts))
+
+
+class Trainer:
+    """Run one training stage with a resumable state.
+
+    :param cfg: TrainConfig
+    :param bank: ClipBank with the training clips
+    :param out_dir: directory for ``state.pt``, ``log.jsonl`` and results
+    :param vae: diffusers AutoencoderKLWan (trained in stage 'vae', frozen in stage 'dit')
+    :param transformer: WanTransformer3DModel (stage 'dit'); may be LoRA-wrapped
+    :param latents_mean: 16 floats (stage 'dit')
+    :param latents_std: 16 floats (stage 'dit')
+    """
+
+    def __init__(self, cfg, bank, out_dir, vae, transformer=None, latents_mean=None,
+                 latents_std=None):
+        if cfg.stage not in ('vae', 'dit'):
+            raise InputError(f"stage must be 'vae' or 'dit', got {cfg.stage!r}")
+        if cfg.stage == 'dit' and (transformer is None or latents_mean is None):
+            raise InputError('the dit stage needs a transformer and latents_mean/std')
+        self.cfg, self.bank, self.out = cfg, bank, Path(out_dir)
+        self.vae, self.transformer = vae, transformer
+        self.mean, self.std = latents_mean, latents_std
+        self.model = vae if cfg.stage == 'vae' else transformer
+        if cfg.stage == 'dit':
+            vae.requires_grad_(False)
+            vae.eval()
+        self.params = [p for p in self.model.parameters() if p.requires_grad]
+        if not self.params:
+            raise InputError('no trainable parameters (all frozen)')
+        self.opt = torch.optim.AdamW(self.params, lr=cfg.lr, betas=tuple(cfg.betas),
+                                     weight_decay=cfg.weight_decay)
+        self.sampler = JointSampler(len(bank), bank.rgb.shape[1], cfg.video_frames,
+                                    cfg.image_batch, cfg.video_batch, cfg.image_weight,
+                                    rng=np.random.default_rng(cfg.seed))
+        self.step = 0
+        self.seconds = 0.0
+        self._latent_cache = {}
+
+    # -- state ---------------------------------------------------------------------------
+    def state_dict(self):
+        """Return everything needed to resume: weights, optimizer, step, RNG states."""
+        trainable = {n: p.detach().clone() for n, p in self.model.named_parameters()
+                     if p.requires_grad}
+        return {'cfg': asdict(self.cfg), 'step': self.step, 'seconds': self.seconds,
+                'trainable': trainable, 'optimizer': self.opt.state_dict(),
+                'numpy_rng': self.sampler.rng.bit_generator.state,
+                'torch_rng': torch.get_rng_state()}
+
+    def save_state(self):
+        """Write ``state.pt`` atomically."""
+        self.out.mkdir(parents=True, exist_ok=True)
+        tmp = self.out / 'state.pt.tmp'
+        torch.save(self.state_dict(), tmp)
+        tmp.replace(self.out / 'state.pt')
+
+    def load_state(self, path=None):
+        """Resume from ``state.pt`` (default: in ``out_dir``)."""
+        path = Path(path or self.out / 'state.pt')
+        if not path.is_file():
+            raise InputError(f'no training state at {path}; start without --resume')
+        state = torch.load(path, map_location='cpu', weights_only=False)
+        params = dict(self.model.named_parameters())
+        with torch.no_grad():
+            for name, value in state['trainable'].items():
+                params[name].copy_(value)
+        self.opt.load_state_dict(state['optimizer'])
+        self.sampler.rng.bit_generator.state = state['numpy_rng']
+        torch.set_rng_state(state['torch_rng'])
+        self.step, self.seconds = int(state['step']), float(state['seconds'])
+
+    # -- steps ---------------------------------------------------------------------------
+    def _encode_cached(self, video, key):
+        """Encode with the frozen VAE; cache per (clip, start, length, kind) to save CPU."""
+        if key is None:
+            return latent.encode(self.vae, video, self.mean, self.std)
+        hit = self._latent_cache.get(key)
+        if hit is None:
+            hit = latent.encode(self.vae, video, self.mean, self.std)
+            self._latent_cache[key] = hit
+        return hit
+
+    def loss_on(self, draw):
+        """Compute the stage loss on one drawn batch -> (loss, logs)."""
+        rgb, tgt = _batch(self.bank, draw)
+        if self.cfg.stage == 'vae':
+            video = torch.cat([rgb, tgt], 0)
+            mu = self.vae.encode(video).latent_dist.mode()
+            rec = self.vae.decode(mu).sample
+            l1 = (rec - video).abs().mean()
+            mse = ((rec - video) ** 2).mean()
+            # A weak pull on the posterior mean keeps the latent scale bounded (no sampling).
+            reg = 1e-4 * (mu ** 2).mean()
+            loss = l1 + mse + reg
+            return loss, {'l1': l1.item(), 'mse': mse.item(), 'loss': loss.item()}
+        with torch.no_grad():
+            z_rgb = torch.cat([self._encode_cached(rgb[i:i + 1], ('r',) + d)
+                               for i, d in enumerate(draw)])
+            z_tgt = torch.cat([self._encode_cached(tgt[i:i + 1], ('d',) + d)
+                               for i, d in enumerate(draw)])
+        pred = latent.regress(self.transformer, z_rgb)
+        return dvd_loss(pred, z_tgt, kind=self.cfg.loss)
+
+    def train_step(self):
+        """Run one optimizer step; returns the log dict."""
+        self.model.train()
+        for g in self.opt.param_groups:
+            g['lr'] = self.cfg.lr * lr_factor(self.cfg, self.step)
+        loss, logs = self.loss_on(self.sampler.draw())
+        self.opt.zero_grad(set_to_none=True)
+        loss.backward()
+        logs['grad_norm'] = float(torch.nn.utils.clip_grad_norm_(self.params, self.cfg.grad_clip))
+        self.opt.step()
+        self.step += 1
+        return logs
+
+    def run(self, progress=True, log_every=10):
+        """Train until ``cfg.steps``; saves state periodically and at the end."""
+        from tqdm import tqdm
+        self.out.mkdir(parents=True, exist_ok=True)
+        bar = tqdm(total=self.cfg.steps, initial=self.step, disable=not progress,
+                   desc=f'train {self.cfg.stage}', unit='step', mininterval=5)
+        with open(self.out / 'log.jsonl', 'a') as log:
+            while self.step < self.cfg.steps:
+                t0 = time.perf_counter()
+                logs = self.train_step()
+                self.seconds += time.perf_counter() - t0
+                bar.update(1)
+                if self.step % log_every == 0 or self.step == self.cfg.steps:
+                    bar.set_postfix(loss=f"{logs['loss']:.4f}")
+                    log.write(json.dumps({'step': self.step, 'seconds': round(self.seconds, 2),
+                                          **logs}) + '\n')
+                    log.flush()
+                if self.step % self.cfg.save_every == 0 or self.step == self.cfg.steps:
+                    self.save_state()
+        bar.close()
+
+
+@torch.no_grad()
+def latent_statistics(vae, bank, n_clips=64, frames=5):
+    """Per-channel mean/std (16 floats each) of VAE posterior means over RGB and targets."""
+    mus = []
+    for k in range(min(n_clips, len(bank))):
+        rgb = torch.from_numpy(rgb_video(bank.rgb[k, :frames]))[None]
+        tgt = torch.from_numpy(target_video(normalized_disparity(bank.depth[k, :frames])))[None]
+        mus.append(vae.encode(torch.cat([rgb, tgt])).latent_dist.mode())
+    mu = torch.cat([m.transpose(0, 1).reshape(m.shape[1], -1) for m in mus], 1)
+    return mu.mean(1).tolist(), mu.std(1).clamp_min(1e-3).tolist()
