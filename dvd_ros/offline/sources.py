@@ -420,6 +420,8 @@ class BagSource:
             self.info_connections = [c for c in reader.connections
                                      if c.topic == camera_info_topic]
             self.first_camera_info = self._first_camera_info(reader)
+            # Decode one frame now: an unsupported encoding fails before any output exists.
+            self.size = self._probe_size(reader) if self.count else None
             self.storage = self._storage_name(reader)
             self.start_ns = reader.start_time if reader.message_count else 0
             duration = reader.duration if reader.message_count else 0
@@ -431,7 +433,6 @@ class BagSource:
         # Frame rate for the MP4 only; stamps always come from the messages.
         seconds = duration / 1e9
         self.fps = (self.count - 1) / seconds if self.count > 1 and seconds > 0 else DEFAULT_FPS
-        self.size = None
 
     def _storage_name(self, reader):
         name = type(reader.storage).__name__.lower()
@@ -449,6 +450,12 @@ class BagSource:
             return None
         for conn, _, raw in bag_messages(reader, self.info_connections, self.path):
             return self._deserialize(raw, conn.msgtype)
+        return None
+
+    def _probe_size(self, reader):
+        for conn, _, raw in bag_messages(reader, self.image_connections, self.path):
+            rgb = self.decode(self._deserialize(raw, conn.msgtype))
+            return rgb.shape[1], rgb.shape[0]
         return None
 
     def _deserialize(self, raw, msgtype):
@@ -486,9 +493,7 @@ class BagSource:
                     continue
                 rgb = self.decode(msg)
                 size = (rgb.shape[1], rgb.shape[0])
-                if self.size is None:
-                    self.size = size
-                elif size != self.size:
+                if size != self.size:
                     raise InputError(f'image {index} of {self.topic} is {size[0]}x{size[1]}, '
                                      f'earlier ones {self.size[0]}x{self.size[1]}; a topic must '
                                      'keep one size (split the bag)')
