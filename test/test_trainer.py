@@ -1,0 +1,176 @@
+"""Tests of the trainer: LoRA wrapping, joint batches, resumable state, checkpoint round trip."""
+
+from dataclasses import replace
+
+from diffusers import AutoencoderKLWan, WanTransformer3DModel
+import numpy as np
+import pytest
+import torch
+
+from dvd_ros.errors import InputError
+from dvd_ros.model import presets
+from dvd_ros.model.checkpoint import load_models
+from dvd_ros.train import latent
+from dvd_ros.train.data import JointSampler, render_bank
+from dvd_ros.train.export import fold_latent_statistics, save_trained
+from dvd_ros.train.lora import DIFFUSERS_TARGETS, add_lora, merge_lora
+from dvd_ros.train.trainer import TrainConfig, Trainer
+
+DIT = {'patch_size': [1, 2, 2], 'num_attention_heads': 2, 'attention_head_dim': 12,
+       'in_channels': 16, 'out_channels': 16, 'text_dim': 8, 'freq_dim': 16, 'ffn_dim': 32,
+       'num_layers': 2, 'cross_attn_norm': True, 'qk_norm': 'rms_norm_across_heads'}
+VAE = {'base_dim': 4, 'z_dim': 16, 'dim_mult': [1, 2, 2, 2], 'num_res_blocks': 1}
+
+
+@pytest.fixture(scope='module')
+def bank():
+    return render_bank([11, 12], clips_per_seed=1, frames=5, height=32, width=32)
+
+
+def _models(seed=0):
+    torch.manual_seed(seed)
+    return AutoencoderKLWan(**VAE).eval(), WanTransformer3DModel(**DIT)
+
+
+def test_lora_wraps_the_spec_layers_and_only_lora_trains():
+    _, dit = _models()
+    info = add_lora(dit, rank=4)
+    assert info['wrapped'] == 10 * DIT['num_layers']  # q, k, v, o x 2 attentions + ffn.0/2
+    trainable = [n for n, p in dit.named_parameters() if p.requires_grad]
+    assert trainable and all('lora_' in n for n in trainable)
+    names = {n.rsplit('.lora_A', 1)[0].split('.', 2)[2] for n in trainable if 'lora_A' in n}
+    assert names == {f'attn{i}.{t}' for i in (1, 2) for t in DIFFUSERS_TARGETS[:4]} | {
+        'ffn.net.0.proj', 'ffn.net.2'}
+    # lora_B starts at zero: the wrapped model computes exactly the base model.
+    _, base = _models()
+    z = torch.randn(1, 16, 1, 4, 4)
+    torch.testing.assert_close(latent.regress(dit, z), latent.regress(base, z))
+
+
+def test_lora_training_step_changes_only_adapters(bank):
+    vae, dit = _models()
+    add_lora(dit, rank=4)
+    frozen = {n: p.detach().clone() for n, p in dit.named_parameters() if 'lora_' not in n}
+    cfg = TrainConfig(stage='dit', steps=2, lr=1e-2, video_frames=5, image_batch=2,
+                      video_batch=1)
+    trainer = Trainer(cfg, bank, '/nonexistent-unused', vae, dit, presets.LATENTS_MEAN,
+                      presets.LATENTS_STD)
+    before = {n: p.detach().clone() for n, p in dit.named_parameters() if 'lora_B' in n}
+    trainer.train_step()
+    trainer.train_step()
+    for n, p in dit.named_parameters():
+        if n in frozen:
+            torch.testing.assert_close(p, frozen[n], rtol=0, atol=0)
+    assert any(not torch.equal(p, before[n]) for n, p in dit.named_parameters() if n in before)
+    assert all(not p.requires_grad for p in vae.parameters())
+
+
+def test_merge_lora_keeps_the_function():
+    _, dit = _models()
+    add_lora(dit, rank=3, alpha=6)
+    with torch.no_grad():
+        for n, p in dit.named_parameters():
+            if 'lora_B' in n:
+                p.normal_()
+    z = torch.randn(1, 16, 2, 4, 4)
+    expected = latent.regress(dit, z)
+    merged = merge_lora(dit)
+    assert not any('lora' in n for n, _ in merged.named_parameters())
+    torch.testing.assert_close(latent.regress(merged, z), expected, rtol=1e-4, atol=1e-5)
+
+
+def test_joint_sampler_mixes_images_and_videos():
+    s = JointSampler(10, 9, video_frames=5, image_batch=4, video_batch=2, image_weight=0.3,
+                     rng=np.random.default_rng(1))
+    draws = [s.draw() for _ in range(400)]
+    images = [d for d in draws if d[0][2] == 1]
+    assert 0.2 < len(images) / len(draws) < 0.4
+    assert all(len(d) == 4 for d in images)
+    videos = [d for d in draws if d[0][2] == 5]
+    assert all(len(d) == 2 and all(0 <= st <= 4 for _, st, _ in d) for d in videos)
+    with pytest.raises(InputError, match='4n\\+1'):
+        JointSampler(10, 9, video_frames=4)
+
+
+def test_resume_is_bit_exact(bank, tmp_path):
+    cfg = TrainConfig(stage='dit', steps=4, lr=1e-3, video_frames=5, image_batch=2,
+                      video_batch=1, save_every=2, image_weight=0.5, seed=3)
+
+    def fresh(out):
+        vae, dit = _models()
+        return Trainer(cfg, bank, out, vae, dit, presets.LATENTS_MEAN, presets.LATENTS_STD)
+
+    torch.manual_seed(5)
+    straight = fresh(tmp_path / 'a')
+    straight.run(progress=False)
+    torch.manual_seed(5)
+    first = fresh(tmp_path / 'b')
+    first.cfg = replace(cfg, steps=2)
+    first.run(progress=False)
+    resumed = fresh(tmp_path / 'b')
+    resumed.load_state()
+    assert resumed.step == 2
+    resumed.run(progress=False)
+    for (n, p), (_, q) in zip(straight.transformer.named_parameters(),
+                              resumed.transformer.named_parameters()):
+        torch.testing.assert_close(p, q, rtol=0, atol=0, msg=n)
+    with pytest.raises(InputError, match='no training state'):
+        fresh(tmp_path / 'c').load_state()
+
+
+def test_vae_stage_step_reduces_reconstruction_loss(bank, tmp_path):
+    torch.manual_seed(0)
+    vae = AutoencoderKLWan(**VAE)
+    cfg = TrainConfig(stage='vae', steps=1, lr=3e-3, video_frames=5, image_batch=2,
+                      video_batch=1, image_weight=0.0, cosine=False, warmup=0)
+    trainer = Trainer(cfg, bank, tmp_path, vae)
+    draw = [(0, 0, 5)]
+    before, _ = trainer.loss_on(draw)
+    for _ in range(5):
+        trainer.opt.zero_grad()
+        loss, _ = trainer.loss_on(draw)
+        loss.backward()
+        trainer.opt.step()
+    after, _ = trainer.loss_on(draw)
+    assert float(after.detach()) < float(before.detach())
+
+
+def test_fold_latent_statistics_preserves_normalised_latents():
+    vae, _ = _models()
+    x = torch.rand(1, 3, 5, 16, 16) * 2 - 1
+    mean, std = [0.3] * 16, [0.7] * 16
+    with torch.no_grad():
+        z = latent.encode(vae, x, mean, std)
+        y = latent.decode(vae, z, mean, std)
+        fold_latent_statistics(vae, mean, std, presets.LATENTS_MEAN, presets.LATENTS_STD)
+        z2 = latent.encode(vae, x, presets.LATENTS_MEAN, presets.LATENTS_STD)
+        y2 = latent.decode(vae, z2, presets.LATENTS_MEAN, presets.LATENTS_STD)
+    torch.testing.assert_close(z2, z, rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(y2, y, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize('use_lora', [False, True])
+def test_checkpoint_round_trip_both_layouts(tmp_path, use_lora):
+    vae, dit = _models()
+    info = None
+    if use_lora:
+        info = add_lora(dit, rank=4)
+        with torch.no_grad():
+            for n, p in dit.named_parameters():
+                if 'lora_B' in n:
+                    p.normal_(std=0.1)
+    z = torch.randn(1, 16, 2, 4, 4)
+    x = torch.rand(1, 3, 5, 16, 16) * 2 - 1
+    with torch.no_grad():
+        expected = latent.regress(dit, z)
+        expected_z = latent.encode(vae, x, presets.LATENTS_MEAN, presets.LATENTS_STD)
+    paths = save_trained(tmp_path, dit, vae, presets.LATENTS_MEAN, presets.LATENTS_STD,
+                         {'height': 32, 'width': 48}, lora=info)
+    for path in (paths['converted'], paths['release']):
+        models = load_models(path)
+        assert (models.meta['height'], models.meta['width']) == (32, 48)
+        with torch.no_grad():
+            got = latent.regress(models.transformer, z)
+            got_z = latent.encode(models.vae, x, models.latents_mean, models.latents_std)
+        torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-5)
+        torch.testing.assert_close(got_z, expected_z, rtol=1e-4, atol=1e-5)
