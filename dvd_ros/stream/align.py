@@ -6,6 +6,7 @@ frames they share, then cross-faded (spec 2.1).
 """
 
 from dataclasses import dataclass
+import math
 
 import numpy as np
 
@@ -53,10 +54,11 @@ def _flat(a, name):
         raise InputError(f'{name} must be a numeric array, got {type(a).__name__}') from exc
 
 
-def _weighted_fit(x, y, w, prior=None):
+def _weighted_fit(x, y, w, prior=None, symmetric=False):
     """Solve weighted LS for (scale, shift); return None when degenerate.
 
     ``prior`` = (px, py, pw) small arrays of pseudo-observations added to the data.
+    ``symmetric`` = geometric-mean regression (see :func:`fit_scale_shift`).
     """
     sw = float(np.sum(w, dtype=np.float64))
     if prior is not None:
@@ -85,6 +87,12 @@ def _weighted_fit(x, y, w, prior=None):
     if not (np.isfinite(sxx) and np.isfinite(sxy)) or sxx <= 1e-12 * (sw * xm * xm + sxx):
         return None
     scale = sxy / sxx
+    if symmetric and sxy != 0.0:
+        dy = y - ym
+        syy = float(np.dot(w, dy * dy))
+        if prior is not None:
+            syy += float(np.dot(pw, (py - ym) ** 2))
+        scale = math.copysign(math.sqrt(syy / sxx), sxy)
     shift = ym - scale * xm
     if not (np.isfinite(scale) and np.isfinite(shift)):
         return None
@@ -106,7 +114,7 @@ def _robust_sigma(r):
 
 
 def fit_scale_shift(x, y, mask=None, weights=None, robust=False, iterations=10, trim=0.2,
-                    prior=None):
+                    prior=None, symmetric=False):
     """Fit ``y ~ scale * x + shift`` by (weighted, optionally robust) least squares.
 
     Pixels where ``x`` or ``y`` is not finite, ``mask`` is false or ``weights`` is not positive
@@ -128,6 +136,11 @@ def fit_scale_shift(x, y, mask=None, weights=None, robust=False, iterations=10, 
         arrays) that pull the fit towards mapping ``prior_x`` onto ``prior_y``; together they
         weigh ``strength`` times the total weight of the data (ridge-like regularisation used
         for drift control; 0 disables). Residual and ``n`` describe the data only.
+    :param symmetric: geometric-mean regression ``scale = sign(sxy) * sqrt(syy / sxx)``
+        instead of ordinary least squares ``sxy / sxx``. OLS shrinks the scale by
+        ``var(x) / (var(x) + noise(x))`` when ``x`` is noisy too (regression dilution); chained
+        over windows that shrink is a systematic drift. With similar noise in ``x`` and ``y``
+        (two model windows) the symmetric fit has no such bias. False = reference.
     :return: :class:`Alignment`.
     """
     if robust is True:
@@ -165,14 +178,14 @@ def fit_scale_shift(x, y, mask=None, weights=None, robust=False, iterations=10, 
     if w is None:
         w = np.ones(n)
     extra = _prior_points(prior, float(np.sum(w)))
-    solved = _weighted_fit(xf, yf, w, extra)
+    solved = _weighted_fit(xf, yf, w, extra, symmetric)
     if solved is None:
         return Alignment(1.0, 0.0, _residual_rms(xf, yf, w, 1.0, 0.0), n, True)
     scale, shift = solved
     inliers = 1.0
     if robust:
         scale, shift, inliers, w = _robust_fit(xf, yf, w, scale, shift, robust, iterations, trim,
-                                               extra)
+                                               extra, symmetric)
     return Alignment(scale, shift, _residual_rms(xf, yf, w, scale, shift), n, False, False,
                      inliers)
 
@@ -200,7 +213,7 @@ def _prior_points(prior, data_weight):
     return px, py, np.full(px.shape, total / px.size)
 
 
-def _robust_fit(x, y, w0, scale, shift, method, iterations, trim, extra=None):
+def _robust_fit(x, y, w0, scale, shift, method, iterations, trim, extra=None, symmetric=False):
     """Reweight from the LS start; return (scale, shift, inlier fraction, final weights)."""
     w = w0
     keep_fraction = 1.0
@@ -228,7 +241,7 @@ def _robust_fit(x, y, w0, scale, shift, method, iterations, trim, extra=None):
                 rw = np.square(np.clip(1.0 - np.square(a / _TUKEY_C), 0.0, None))
                 keep_fraction = float(np.mean(a < _TUKEY_C))
             w = w0 * rw
-        solved = _weighted_fit(x, y, w, extra)
+        solved = _weighted_fit(x, y, w, extra, symmetric)
         if solved is None:
             break
         change = abs(solved[0] - scale) + abs(solved[1] - shift)
