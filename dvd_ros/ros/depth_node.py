@@ -1,0 +1,555 @@
+"""The depth node: camera images in, disparity / metric depth / point clouds out.
+
+Callbacks only convert and queue; one worker thread runs the streaming estimator (and so the
+model), so a slow model never blocks the executor. The input queue is bounded and drops its
+OLDEST frame when full: the newest frames are the ones worth computing, and every drop is
+counted and reported on /diagnostics.
+"""
+
+from collections import deque
+from dataclasses import dataclass
+import math
+import os
+import signal
+import sys
+import threading
+import time
+
+import cv2
+from diagnostic_msgs.msg import DiagnosticArray
+import numpy as np
+import rclpy
+from rclpy.executors import ExternalShutdownException, SingleThreadedExecutor
+from rclpy.node import Node
+from rclpy.qos import HistoryPolicy, QoSProfile, ReliabilityPolicy, qos_profile_sensor_data
+from rclpy.signals import SignalHandlerOptions
+from sensor_msgs.msg import CameraInfo, Image, PointCloud2
+
+from dvd_ros import geometry
+from dvd_ros.colorize import colorize
+from dvd_ros.errors import DvdError, InputError
+from dvd_ros.ros import diagnostics, messages
+from dvd_ros.ros.params import STAND_IN_BACKEND, DepthParameters
+from dvd_ros.ros.sync import StampBuffer, StampSync, stamp_ns
+
+# Seconds between two log lines about the same problem (the count of repeats is kept).
+LOG_THROTTLE_S = 10.0
+# Seconds the worker may take to finish its current window at shutdown.
+JOIN_TIMEOUT_S = 1.0
+
+
+@dataclass
+class FrameRecord:
+    """What the node keeps of one input frame while the estimator holds it (``stamp``)."""
+
+    header: object  # std_msgs/Header of the input image, copied to every output
+    info: object  # sensor_msgs/CameraInfo with the same stamp, or None
+    rgb: np.ndarray  # (H, W, 3) uint8, at the output size
+    received: float  # time.monotonic() at reception
+
+
+def build_regressor(params):
+    """Create the model named by the parameters (imports torch only for real backends).
+
+    :param params: :class:`~dvd_ros.ros.params.DepthParams`.
+    :return: an object with ``predict((T, H, W, 3) uint8) -> (T, H, W) float32``.
+    """
+    if params.backend == STAND_IN_BACKEND:
+        from dvd_ros.ros.stand_in import StandInRegressor
+        return StandInRegressor(delay=params.stand_in_delay)
+    import torch
+
+    from dvd_ros.model.regressor import DepthRegressor
+    return DepthRegressor.from_pretrained(
+        params.weights or None, device=params.device, dtype=getattr(torch, params.dtype),
+        height=params.model_height, width=params.model_width, backend=params.backend)
+
+
+class DepthNode(Node):
+    """ROS 2 node running DVD on one camera (see docs/ros.md for topics and parameters).
+
+    :param regressor: the model; None builds it from the parameters (``weights``, ``backend``).
+        Tests inject a stand-in here.
+    :param node_name: node name.
+    :param kwargs: passed to :class:`rclpy.node.Node` (``namespace``, ``context``,
+        ``parameter_overrides``, ...).
+    """
+
+    def __init__(self, regressor=None, node_name='depth_node', **kwargs):
+        super().__init__(node_name, **kwargs)
+        self.parameters = DepthParameters(self)
+        p = self.parameters.current
+        self.stats = diagnostics.NodeStats()
+        self._log_times = {}
+        self._log_counts = {}
+        self._lock = threading.Lock()
+        self.regressor = regressor if regressor is not None else build_regressor(p)
+        self._stream = self._make_stream(p)
+        self._size = None
+        self._fit = None  # anchored mode: the last geometry.MetricFit
+        self._last_stamp = None
+
+        self._sync = StampSync(tolerance_ns=int(p.sync_tolerance * 1e9),
+                               timeout_s=p.sync_timeout, max_pending=max(8, p.queue_size))
+        self._hints = StampBuffer(64, tolerance_ns=int(p.sync_tolerance * 1e9))
+        self._queue = deque()
+        self._cond = threading.Condition()
+        self._stop = threading.Event()
+
+        qos = QoSProfile(
+            history=HistoryPolicy.KEEP_LAST, depth=p.qos_depth,
+            reliability=(ReliabilityPolicy.RELIABLE if p.qos_reliability == 'reliable'
+                         else ReliabilityPolicy.BEST_EFFORT))
+        self.pub_disparity = self.create_publisher(Image, 'depth/disparity', qos)
+        self.pub_depth = self.create_publisher(Image, 'depth/image', qos)
+        self.pub_info = self.create_publisher(CameraInfo, 'depth/camera_info', qos)
+        self.pub_points = (self.create_publisher(PointCloud2, 'depth/points', qos)
+                           if p.publish_points else None)
+        self.pub_colorized = (self.create_publisher(Image, 'depth/colorized', qos)
+                              if p.publish_colorized else None)
+        self.pub_confidence = (self.create_publisher(Image, 'depth/confidence', qos)
+                               if p.publish_confidence else None)
+        self.pub_diagnostics = self.create_publisher(DiagnosticArray, '/diagnostics', 10)
+
+        self.create_subscription(Image, 'image', self._on_image, qos_profile_sensor_data)
+        self.create_subscription(CameraInfo, 'camera_info', self._on_info,
+                                 qos_profile_sensor_data)
+        if p.metric_mode == 'anchored':
+            hint_type = Image if p.hint_type == 'image' else PointCloud2
+            self.create_subscription(hint_type, 'metric_hint', self._on_hint,
+                                     qos_profile_sensor_data)
+        self.create_timer(0.05, self._poll_sync)
+        self.create_timer(p.diagnostics_period, self._publish_diagnostics)
+
+        if p.metric_mode == 'none' and p.publish_points:
+            self.get_logger().info('metric_mode is none: depth/image and depth/points stay '
+                                   'silent; set metric_mode fixed or anchored for metres')
+        self._worker = threading.Thread(target=self._run, name=f'{node_name}_worker',
+                                        daemon=True)
+        self._worker.start()
+        self.get_logger().info(
+            f'depth node ready: backend {self._backend_name()}, window {p.window}, overlap '
+            f'{p.overlap}, metric {p.metric_mode}, subscribed to '
+            f'{self.resolve_topic_name("image")}')
+
+    # ----------------------------------------------------------------------------- helpers
+    def _make_stream(self, p):
+        from dvd_ros.stream.estimator import StreamingDepth
+        return StreamingDepth(self.regressor, p.window, p.overlap, policy=p.policy)
+
+    def _backend_name(self):
+        return str(getattr(self.regressor, 'backend_name', type(self.regressor).__name__))
+
+    def report(self, cause, message, drop=True):
+        """Count a problem and log it, at most once per ``LOG_THROTTLE_S`` per cause."""
+        if drop:
+            self.stats.drop(cause)
+        now = time.monotonic()
+        with self._lock:
+            self._log_counts[cause] = self._log_counts.get(cause, 0) + 1
+            last = self._log_times.get(cause)
+            if last is not None and now - last < LOG_THROTTLE_S:
+                return
+            repeats = self._log_counts[cause] - 1
+            self._log_counts[cause] = 0
+            self._log_times[cause] = now
+        more = f' ({repeats} more since the last report)' if repeats else ''
+        self.get_logger().warning(f'{message}{more}')
+
+    @property
+    def worker_alive(self):
+        """Return True while the worker thread runs."""
+        return self._worker.is_alive()
+
+    @property
+    def queue_length(self):
+        """Return the number of frames waiting for the worker."""
+        with self._cond:
+            return len(self._queue)
+
+    # ----------------------------------------------------------------------------- callbacks
+    def _on_image(self, msg):
+        now = time.monotonic()
+        with self.stats.lock:
+            self.stats.input_rate.tick(now)
+        try:
+            rgb = messages.image_to_rgb(msg)
+        except messages.ImageError as exc:
+            self.report(exc.cause, f'dropping image: {exc}')
+            return
+        stamp = stamp_ns(msg.header.stamp)
+        with self._lock:
+            if self._last_stamp is not None and stamp <= self._last_stamp:
+                late = (self._last_stamp - stamp) / 1e9
+                out_of_order = True
+            else:
+                self._last_stamp = stamp
+                out_of_order = False
+                ready = self._sync.add_image(stamp, (msg.header, rgb, now))
+        if out_of_order:
+            self.report('out_of_order', f'dropping image stamped {late:.3f} s before (or at) '
+                        'the previous one: stamps must increase (clock jump or bag loop?)')
+            return
+        self._enqueue(ready)
+
+    def _on_info(self, msg):
+        with self._lock:
+            ready = self._sync.add_info(stamp_ns(msg.header.stamp), msg)
+        self._enqueue(ready)
+
+    def _on_hint(self, msg):
+        try:
+            if isinstance(msg, Image):
+                hint = ('image', messages.image_to_depth(msg))
+            else:
+                hint = ('points', messages.cloud_to_xyz(msg))
+        except messages.ImageError as exc:
+            self.report(f'hint_{exc.cause}', f'ignoring metric_hint: {exc}', drop=False)
+            return
+        with self._lock:
+            self._hints.add(stamp_ns(msg.header.stamp), hint)
+
+    def _poll_sync(self):
+        with self._lock:
+            ready = self._sync.poll()
+        self._enqueue(ready)
+
+    def _enqueue(self, pairs):
+        if not pairs:
+            return
+        dropped = 0
+        with self._cond:
+            for (header, rgb, received), info in pairs:
+                if len(self._queue) >= self.parameters.current.queue_size:
+                    self._queue.popleft()
+                    dropped += 1
+                self._queue.append(FrameRecord(header, info, rgb, received))
+            self._cond.notify()
+        if dropped:
+            self.report('queue_full', 'model slower than the camera: dropped the oldest queued '
+                        f'frame(s) (queue_size {self.parameters.current.queue_size})')
+            if dropped > 1:
+                self.stats.drop('queue_full', dropped - 1)
+
+    # ----------------------------------------------------------------------------- worker
+    def _run(self):
+        while not self._stop.is_set():
+            with self._cond:
+                while not self._queue and not self._stop.is_set():
+                    self._cond.wait(0.2)
+                if self._stop.is_set():
+                    return
+                record = self._queue.popleft()
+            self._process(record)
+
+    def _process(self, record):
+        p = self.parameters.current
+        rgb = record.rgb
+        if p.output_scale != 1.0:
+            h, w = rgb.shape[:2]
+            size = (max(1, round(w * p.output_scale)), max(1, round(h * p.output_scale)))
+            rgb = cv2.resize(rgb, size, interpolation=cv2.INTER_AREA)
+            record.rgb = rgb
+        if self._size is not None and rgb.shape[:2] != self._size:
+            self.report('resolution_change', f'image size changed from {self._size[1]}x'
+                        f'{self._size[0]} to {rgb.shape[1]}x{rgb.shape[0]}: finishing the '
+                        'current window and restarting the stream', drop=False)
+            self._publish_all(self._stream.flush())
+            self._stream.reset()
+            self._fit = None
+        self._size = rgb.shape[:2]
+        windows_before = self._stream.stats.windows
+        try:
+            out = self._stream.push(rgb, record)
+        except Exception as exc:  # noqa: BLE001 - the node must outlive one bad window
+            # The stream counts the frames it lost (reason model_error / invalid).
+            self.report('model_error', f'model window failed, its frames are dropped and the '
+                        f'stream restarts: {type(exc).__name__}: {exc}', drop=False)
+            return
+        stream_stats = self._stream.stats
+        if stream_stats.windows != windows_before:
+            with self.stats.lock:
+                self.stats.windows = stream_stats.windows
+                self.stats.model_s.add(stream_stats.last_model_seconds)
+        self._publish_all(out)
+
+    def _publish_all(self, frames):
+        if not frames:
+            return
+        p = self.parameters.current
+        if p.metric_mode == 'anchored':
+            self._update_fit(frames, p)
+        for frame in frames:
+            try:
+                self._publish(frame, p)
+            except Exception as exc:  # noqa: BLE001 - one bad frame must not stop the worker
+                self.report('publish_error', f'could not publish a depth frame: '
+                            f'{type(exc).__name__}: {exc}')
+
+    # ----------------------------------------------------------------------------- outputs
+    def _intrinsics(self, record, width, height, p):
+        info = record.info
+        if info is not None:
+            iw = info.width or width
+            ih = info.height or height
+            try:
+                intr = geometry.PinholeIntrinsics.from_K(messages.camera_info_matrix(info),
+                                                         iw, ih)
+            except InputError as exc:
+                self.report('bad_camera_info', f'CameraInfo unusable, no points for this frame: '
+                            f'{exc}', drop=False)
+            else:
+                return intr if (iw, ih) == (width, height) else intr.scaled(width, height)
+        if p.fov_fallback_deg > 0:
+            return geometry.PinholeIntrinsics.from_fov(width, height, p.fov_fallback_deg)
+        return None
+
+    def _metric(self, p):
+        if p.metric_mode == 'fixed':
+            return p.metric_a, p.metric_b
+        if p.metric_mode == 'anchored' and self._fit is not None:
+            return self._fit.a, self._fit.b
+        return None
+
+    def _publish(self, frame, p):
+        record = frame.stamp
+        header = record.header
+        disparity = np.ascontiguousarray(frame.disparity, dtype=np.float32)
+        height, width = disparity.shape
+        self.pub_disparity.publish(messages.array_to_image(disparity, '32FC1', header))
+        if self.pub_confidence is not None:
+            self.pub_confidence.publish(messages.array_to_image(
+                np.ascontiguousarray(frame.confidence, dtype=np.float32), '32FC1', header))
+        if self.pub_colorized is not None:
+            self.pub_colorized.publish(messages.array_to_image(
+                colorize(disparity, colormap=p.colormap), 'rgb8', header))
+        intrinsics = self._intrinsics(record, width, height, p)
+        if record.info is not None:
+            self.pub_info.publish(messages.restamp_camera_info(record.info, header,
+                                                               intrinsics))
+        elif intrinsics is not None:
+            self.pub_info.publish(messages.camera_info_from_intrinsics(intrinsics, header))
+        metric = self._metric(p)
+        if metric is not None:
+            depth = geometry.disparity_to_depth(disparity, *metric)
+            self.pub_depth.publish(messages.array_to_image(depth, '32FC1', header))
+            if self.pub_points is not None:
+                self._publish_points(depth, record, intrinsics, header, p)
+        elif p.metric_mode == 'anchored':
+            self.report('no_metric_fit', 'anchored mode: no metric fit yet (no usable '
+                        'metric_hint), depth/image and depth/points wait for one', drop=False)
+        now_ns = self.get_clock().now().nanoseconds
+        with self.stats.lock:
+            self.stats.output_rate.tick()
+            self.stats.latency_s.add((now_ns - stamp_ns(header.stamp)) / 1e9)
+
+    def _publish_points(self, depth, record, intrinsics, header, p):
+        if intrinsics is None:
+            self.report('no_intrinsics', 'depth/points needs intrinsics: no valid CameraInfo '
+                        'with the image stamp; publish camera_info or set fov_fallback_deg',
+                        drop=False)
+            return
+        stride = p.point_stride
+        max_range = p.max_range if p.max_range > 0 else math.inf
+        points = geometry.depth_to_points(depth, intrinsics, stride=stride, max_range=max_range)
+        rgb = record.rgb[::stride, ::stride] if p.points_rgb else None
+        if not p.points_organized:
+            valid = np.isfinite(points[..., 2])
+            points = points[valid]
+            rgb = rgb[valid] if rgb is not None else None
+        self.pub_points.publish(messages.cloud_message(geometry.pack_points(points, rgb),
+                                                       header))
+
+    def _update_fit(self, frames, p):
+        disparity, depth = [], []
+        with self._lock:
+            hints = [self._hints.find(stamp_ns(f.stamp.header.stamp)) for f in frames]
+        for frame, hint in zip(frames, hints):
+            if hint is None:
+                continue
+            samples = self._hint_samples(frame, hint, p)
+            if samples is not None:
+                disparity.append(samples[0])
+                depth.append(samples[1])
+        if not disparity:
+            return
+        d = np.concatenate(disparity)
+        z = np.concatenate(depth)
+        if d.size < p.hint_min_samples:
+            self.report('hint_sparse', f'metric_hint gave {d.size} valid samples for this '
+                        f'window, fewer than hint_min_samples={p.hint_min_samples}; keeping '
+                        'the previous fit', drop=False)
+            return
+        try:
+            self._fit = geometry.fit_metric(d, z, robust=True, min_samples=p.hint_min_samples)
+        except InputError as exc:
+            self.report('hint_fit', f'metric fit failed, keeping the previous one: {exc}',
+                        drop=False)
+
+    def _hint_samples(self, frame, hint, p):
+        kind, data = hint
+        disparity = frame.disparity
+        height, width = disparity.shape
+        if kind == 'image':
+            hh, hw = data.shape
+            v, u = np.nonzero(np.isfinite(data))
+            z = data[v, u]
+            # A hint image of another size covers the same field of view.
+            rows = np.minimum((v * height) // hh, height - 1)
+            cols = np.minimum((u * width) // hw, width - 1)
+        else:
+            intrinsics = self._intrinsics(frame.stamp, width, height, p)
+            if intrinsics is None:
+                self.report('no_intrinsics_hint', 'metric_hint points need intrinsics to '
+                            'project them: publish camera_info or set fov_fallback_deg',
+                            drop=False)
+                return None
+            pts = data[np.isfinite(data).all(axis=1) & (data[:, 2] > 0)]
+            z = pts[:, 2]
+            cols = np.round(intrinsics.fx * pts[:, 0] / z + intrinsics.cx).astype(np.int64)
+            rows = np.round(intrinsics.fy * pts[:, 1] / z + intrinsics.cy).astype(np.int64)
+            inside = (cols >= 0) & (cols < width) & (rows >= 0) & (rows < height)
+            rows, cols, z = rows[inside], cols[inside], z[inside]
+        return disparity[rows, cols], z
+
+    # ----------------------------------------------------------------------------- status
+    def _publish_diagnostics(self):
+        p = self.parameters.current
+        fit = self._fit
+        metric = self._metric(p)
+        stream_stats = self._stream.stats
+        extra = {
+            'backend': self._backend_name(),
+            'dtype': str(getattr(self.regressor, 'dtype', 'unknown')),
+            'device': str(getattr(self.regressor, 'device', 'unknown')),
+            'window / overlap': f'{p.window} / {p.overlap}',
+            'metric mode': p.metric_mode,
+            'metric scale a (1/m)': 'n/a' if metric is None else f'{metric[0]:.6g}',
+            'metric shift b (1/m)': 'n/a' if metric is None else f'{metric[1]:.6g}',
+        }
+        if fit is not None:
+            extra['metric fit residual (1/m)'] = f'{fit.residual:.4g}'
+            extra['metric fit inliers'] = f'{fit.inlier_fraction:.2f} of {fit.n}'
+        if stream_stats.windows:
+            extra['window alignment scale / shift'] = (
+                f'{stream_stats.last_scale:.4g} / {stream_stats.last_shift:.4g}')
+            extra['window alignment residual'] = f'{stream_stats.last_residual:.4g}'
+        status = diagnostics.status(
+            self.get_fully_qualified_name(), self._hardware_id(), self.stats, extra,
+            self.queue_length, p.queue_size, more_dropped=stream_stats.dropped)
+        msg = DiagnosticArray(status=[status])
+        msg.header.stamp = self.get_clock().now().to_msg()
+        self.pub_diagnostics.publish(msg)
+
+    def _hardware_id(self):
+        return self.get_namespace().strip('/') or 'camera'
+
+    # ----------------------------------------------------------------------------- shutdown
+    def stop(self, timeout=JOIN_TIMEOUT_S):
+        """Stop the worker; return True when it ended within ``timeout`` seconds."""
+        self._stop.set()
+        with self._cond:
+            self._cond.notify_all()
+        if self._worker.is_alive() and threading.current_thread() is not self._worker:
+            self._worker.join(timeout)
+        return not self._worker.is_alive()
+
+    def destroy_node(self):
+        """Stop the worker, then destroy the node."""
+        self.stop()
+        super().destroy_node()
+
+
+class ShutdownRequest:
+    """SIGINT/SIGTERM handler: the first signal asks to stop, later ones are ignored quietly.
+
+    rclpy's own handlers are off (``SignalHandlerOptions.NO``), so the spin loop ends on our
+    flag and cleanup runs once, without a KeyboardInterrupt traceback from a second Ctrl-C.
+    """
+
+    def __init__(self):
+        self.event = threading.Event()
+        self.signals = 0
+
+    def install(self):
+        """Install the handler for SIGINT and SIGTERM (main thread only)."""
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(signum, self._handle)
+        return self
+
+    def _handle(self, signum, frame):
+        self.signals += 1
+        self.event.set()
+
+
+def spin_until_shutdown(executor, request, duration=None):
+    """Spin ``executor`` until a signal arrives, its context shuts down, or ``duration`` ends."""
+    end = None if duration is None else time.monotonic() + duration
+    context = executor.context
+    while not request.event.is_set() and context.ok():
+        if end is not None and time.monotonic() >= end:
+            break
+        # A short timeout keeps signal handling responsive (Python runs handlers between
+        # bytecodes, not inside the C wait).
+        executor.spin_once(timeout_sec=0.1)
+
+
+def finish(nodes, executor, context):
+    """Stop workers, destroy nodes, shut the context down; never raises."""
+    clean = True
+    for node in nodes:
+        try:
+            if isinstance(node, DepthNode):
+                clean &= node.stop()
+            executor.remove_node(node)
+            node.destroy_node()
+        except Exception:  # noqa: BLE001, S110 - shutting down: nothing useful to do
+            clean = False
+    try:
+        executor.shutdown(timeout_sec=0.5)
+    except Exception:  # noqa: BLE001, S110
+        pass
+    if context.ok():
+        context.try_shutdown()
+    return clean
+
+
+def exit_now_if_busy(clean, status):
+    """Exit at once if a worker is still inside the model (it cannot be interrupted).
+
+    A daemon thread still running torch at interpreter exit can crash the process; leaving
+    through ``os._exit`` keeps shutdown within ~2 s and without a traceback.
+    """
+    if not clean:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(status)
+
+
+def main(argv=None):
+    """Run one depth node (``ros2 run dvd_ros depth_node``); returns the exit status."""
+    argv = sys.argv if argv is None else argv
+    request = ShutdownRequest().install()
+    context = rclpy.context.Context()
+    rclpy.init(args=argv, context=context, signal_handler_options=SignalHandlerOptions.NO)
+    node = None
+    executor = SingleThreadedExecutor(context=context)
+    status = 0
+    clean = True
+    try:
+        node = DepthNode(context=context)
+        executor.add_node(node)
+        spin_until_shutdown(executor, request)
+    except DvdError as exc:
+        print(f'depth_node: error: {exc}', file=sys.stderr)
+        status = 2
+    except (KeyboardInterrupt, ExternalShutdownException):
+        pass
+    finally:
+        clean = finish([node] if node is not None else [], executor, context)
+    exit_now_if_busy(clean, status)
+    return status
+
+
+if __name__ == '__main__':
+    sys.exit(main())

@@ -1,0 +1,131 @@
+"""Rates, latencies and drop counters of the depth node, reported on /diagnostics."""
+
+from collections import Counter, deque
+import threading
+import time
+
+from diagnostic_msgs.msg import DiagnosticStatus, KeyValue
+
+
+class RateMeter:
+    """Events per second over the last ``horizon_s`` seconds (bounded memory)."""
+
+    def __init__(self, horizon_s=5.0, capacity=4096, clock=time.monotonic):
+        self.horizon_s = float(horizon_s)
+        self.clock = clock
+        self._times = deque(maxlen=capacity)
+        self.total = 0
+
+    def tick(self, now=None):
+        """Record one event."""
+        self._times.append(self.clock() if now is None else now)
+        self.total += 1
+
+    def rate(self, now=None):
+        """Return events per second in the horizon (0 with fewer than two events)."""
+        now = self.clock() if now is None else now
+        while self._times and now - self._times[0] > self.horizon_s:
+            self._times.popleft()
+        if len(self._times) < 2:
+            return 0.0
+        span = max(now - self._times[0], self._times[-1] - self._times[0])
+        return (len(self._times) - 1) / span if span > 0 else 0.0
+
+
+class Recent:
+    """The last ``capacity`` values of a quantity: mean, max, last."""
+
+    def __init__(self, capacity=256):
+        self._values = deque(maxlen=capacity)
+
+    def add(self, value):
+        """Record one value."""
+        self._values.append(float(value))
+
+    def __len__(self):
+        return len(self._values)
+
+    @property
+    def last(self):
+        """Return the newest value (NaN when empty)."""
+        return self._values[-1] if self._values else float('nan')
+
+    @property
+    def mean(self):
+        """Return the mean of the kept values (NaN when empty)."""
+        return sum(self._values) / len(self._values) if self._values else float('nan')
+
+    @property
+    def max(self):
+        """Return the largest kept value (NaN when empty)."""
+        return max(self._values) if self._values else float('nan')
+
+
+class NodeStats:
+    """Thread-safe counters of one depth node (callbacks and the worker both write)."""
+
+    def __init__(self, clock=time.monotonic):
+        self.lock = threading.Lock()
+        self.input_rate = RateMeter(clock=clock)
+        self.output_rate = RateMeter(clock=clock)
+        self.latency_s = Recent()
+        self.model_s = Recent()
+        self.dropped = Counter()
+        self.windows = 0
+
+    def drop(self, reason, n=1):
+        """Count ``n`` frames dropped for ``reason``."""
+        with self.lock:
+            self.dropped[reason] += n
+
+    @property
+    def dropped_total(self):
+        """Return all frames dropped so far."""
+        with self.lock:
+            return sum(self.dropped.values())
+
+
+def status(name, hardware_id, stats, extra, queue_length, queue_size, more_dropped=None,
+           now=None):
+    """Build the DiagnosticStatus of a depth node.
+
+    :param name: status name (the node's fully qualified name).
+    :param hardware_id: e.g. the camera frame_id.
+    :param stats: :class:`NodeStats`.
+    :param extra: further ``{key: value}`` pairs (backend, dtype, metric mode and fit, ...).
+    :param queue_length: frames waiting for the worker now.
+    :param queue_size: the bound of that queue.
+    :param more_dropped: ``{reason: count}`` of frames dropped elsewhere (the estimator).
+    :return: diagnostic_msgs/DiagnosticStatus.
+    """
+    with stats.lock:
+        in_rate = stats.input_rate.rate(now)
+        out_rate = stats.output_rate.rate(now)
+        dropped = Counter(stats.dropped)
+        dropped.update(more_dropped or {})
+        values = {
+            'input rate (Hz)': f'{in_rate:.2f}',
+            'output rate (Hz)': f'{out_rate:.2f}',
+            'frames in': stats.input_rate.total,
+            'frames out': stats.output_rate.total,
+            'latency stamp->publish mean (ms)': f'{stats.latency_s.mean * 1e3:.1f}',
+            'latency stamp->publish max (ms)': f'{stats.latency_s.max * 1e3:.1f}',
+            'model time per window (ms)': f'{stats.model_s.last * 1e3:.1f}',
+            'model time per window mean (ms)': f'{stats.model_s.mean * 1e3:.1f}',
+            'windows run': stats.windows,
+            'queue': f'{queue_length}/{queue_size}',
+            'frames dropped': sum(dropped.values()),
+        }
+    values.update({f'dropped: {reason}': n for reason, n in sorted(dropped.items())})
+    values.update(extra)
+    level, message = DiagnosticStatus.OK, 'running'
+    if stats.input_rate.total == 0:
+        level, message = DiagnosticStatus.WARN, 'no input images yet'
+    elif in_rate == 0.0:
+        level, message = DiagnosticStatus.WARN, ('no input images for '
+                                            f'{stats.input_rate.horizon_s:.0f} s')
+    elif dropped:
+        message = f'running; {sum(dropped.values())} frames dropped ({", ".join(sorted(dropped))})'
+    return DiagnosticStatus(
+        level=level, name=name, message=message, hardware_id=hardware_id,
+        values=[KeyValue(key=str(k), value=str(v)) for k, v in values.items()])

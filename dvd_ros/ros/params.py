@@ -1,0 +1,333 @@
+"""Parameters of the depth node: declared once with descriptors, frozen into a dataclass.
+
+:data:`DEPTH_PARAMETERS` is the single list: the node declares it, ``config/depth.yaml`` and
+``docs/ros.md`` mirror it (a test checks the YAML). Parameters with ``dynamic=True`` may change
+while the node runs (validated by an on-set callback); every other one is ``read_only`` because
+it shapes the model, the stream or the publishers and needs a restart.
+"""
+
+from dataclasses import dataclass, replace
+import math
+import threading
+
+from rcl_interfaces.msg import (
+    FloatingPointRange,
+    IntegerRange,
+    ParameterDescriptor,
+    ParameterType,
+    SetParametersResult,
+)
+from rclpy.exceptions import (
+    InvalidParameterTypeException,
+    InvalidParameterValueException,
+    ParameterAlreadyDeclaredException,
+)
+
+from dvd_ros.colorize import COLORMAPS
+from dvd_ros.errors import InputError
+from dvd_ros.model.backends import BACKENDS
+
+# The stand-in model: deterministic, no torch, optional delay; for tests and DDS benchmarks.
+STAND_IN_BACKEND = 'stand-in'
+METRIC_MODES = ('none', 'fixed', 'anchored')
+HINT_TYPES = ('image', 'points')
+POLICIES = ('immediate', 'blend')
+RELIABILITIES = ('reliable', 'best_effort')
+DTYPES = ('float32', 'float16', 'bfloat16')
+
+
+@dataclass(frozen=True)
+class ParamSpec:
+    """One parameter: default (which fixes its type), description, range or choices."""
+
+    name: str
+    default: object
+    description: str
+    range: tuple | None = None  # (low, high) or (low, high, step), both ends inclusive
+    choices: tuple | None = None
+    dynamic: bool = False
+    unit: str = ''
+
+    @property
+    def type_name(self):
+        """Return the ROS parameter type name (bool, int, double, string)."""
+        return {bool: 'bool', int: 'int', float: 'double', str: 'string'}[type(self.default)]
+
+    def descriptor(self):
+        """Build the rcl_interfaces/ParameterDescriptor for this parameter."""
+        kind = {bool: ParameterType.PARAMETER_BOOL, int: ParameterType.PARAMETER_INTEGER,
+                float: ParameterType.PARAMETER_DOUBLE,
+                str: ParameterType.PARAMETER_STRING}[type(self.default)]
+        text = self.description + (f' [{self.unit}]' if self.unit else '')
+        desc = ParameterDescriptor(name=self.name, type=kind, description=text,
+                                   read_only=not self.dynamic)
+        if self.choices:
+            desc.additional_constraints = 'one of: ' + ', '.join(self.choices)
+        if self.range is not None:
+            low, high = self.range[0], self.range[1]
+            step = self.range[2] if len(self.range) > 2 else 0
+            if isinstance(self.default, int):
+                desc.integer_range = [IntegerRange(from_value=int(low), to_value=int(high),
+                                                   step=int(step))]
+            else:
+                desc.floating_point_range = [FloatingPointRange(
+                    from_value=float(low), to_value=float(high), step=float(step))]
+        return desc
+
+    def check(self, value):
+        """Return why ``value`` is not acceptable, or None when it is."""
+        expected = type(self.default)
+        if expected is float and isinstance(value, int) and not isinstance(value, bool):
+            value = float(value)
+        if type(value) is not expected:
+            return (f'{self.name} must be a {self.type_name}, got {type(value).__name__} '
+                    f'{value!r}')
+        if expected is float and not math.isfinite(value):
+            return f'{self.name} must be finite, got {value!r}'
+        if self.choices and value not in self.choices:
+            return f'{self.name} must be one of {", ".join(self.choices)}, got {value!r}'
+        if self.range is not None:
+            low, high = self.range[0], self.range[1]
+            step = self.range[2] if len(self.range) > 2 else 0
+            if not low <= value <= high or (step and (value - low) % step):
+                rule = f'in [{low}, {high}]' + (f' in steps of {step} from {low}' if step
+                                                else '')
+                return f'{self.name} must be {rule}, got {value!r}'
+        return None
+
+
+def _p(*args, **kwargs):
+    return ParamSpec(*args, **kwargs)
+
+
+DEPTH_PARAMETERS = (
+    # Model
+    _p('weights', '', 'DVD weights: an official release .safetensors file or a converted '
+       'folder; empty = the embedded tiny model'),
+    _p('backend', 'torch', 'execution backend; "stand-in" is a fast deterministic test '
+       'model (no torch), for tests and DDS benchmarks only',
+       choices=tuple(BACKENDS) + (STAND_IN_BACKEND,)),
+    _p('device', 'cpu', 'torch device, e.g. cpu or cuda:0'),
+    _p('dtype', 'float32', 'model compute dtype', choices=DTYPES),
+    _p('model_height', 480, 'height the model runs at (frames are resized to it and back)',
+       range=(16, 2048, 16), unit='px'),
+    _p('model_width', 640, 'width the model runs at', range=(16, 4096, 16), unit='px'),
+    _p('stand_in_delay', 0.0, 'stand-in backend only: seconds each window takes, to '
+       'simulate a slow model', range=(0.0, 60.0), unit='s'),
+    # Streaming
+    _p('window', 9, 'frames per model window (4n+1)', range=(1, 161, 4), unit='frames'),
+    _p('overlap', 4, 'frames shared by consecutive windows (for scale/shift alignment); '
+       'must be < window', range=(0, 160), unit='frames'),
+    _p('policy', 'immediate', 'window seam handling: immediate (no hold back) or blend '
+       '(hold back and cross-fade, costs latency)', choices=POLICIES),
+    _p('queue_size', 32, 'input frames buffered for the worker; when full the OLDEST is '
+       'dropped (counted in diagnostics)', range=(1, 1000), unit='frames'),
+    _p('output_scale', 1.0, 'resize factor of the outputs relative to the input image '
+       '(CameraInfo K is scaled to match)', range=(0.05, 1.0)),
+    # Metric depth
+    _p('metric_mode', 'none', 'how relative disparity becomes metres: none (publish '
+       'disparity only), fixed (metric_a, metric_b), anchored (fit to metric_hint per window)',
+       choices=METRIC_MODES),
+    _p('metric_a', 1.0, 'fixed mode: inverse depth = metric_a * disparity + metric_b',
+       range=(-1.0e6, 1.0e6), dynamic=True, unit='1/m'),
+    _p('metric_b', 0.0, 'fixed mode: offset of the inverse depth', range=(-1.0e6, 1.0e6),
+       dynamic=True, unit='1/m'),
+    _p('hint_type', 'image', 'message type of metric_hint: image (32FC1 m / 16UC1 mm, '
+       'sparse, 0/NaN = none) or points (PointCloud2 in the camera optical frame)',
+       choices=HINT_TYPES),
+    _p('hint_min_samples', 20, 'anchored mode: fewest valid hint pixels for a new fit '
+       '(otherwise the previous fit is kept)', range=(2, 10_000_000)),
+    # Outputs
+    _p('max_range', 0.0, 'points farther than this are NaN; 0 = no limit', range=(0.0, 1.0e4),
+       dynamic=True, unit='m'),
+    _p('point_stride', 1, 'publish every n-th pixel in x and y', range=(1, 64), dynamic=True),
+    _p('points_rgb', True, 'add the rgb field (PCL float packing) to depth/points',
+       dynamic=True),
+    _p('points_organized', True, 'organized cloud (height x width, NaN kept); false = flat '
+       'cloud of valid points only', dynamic=True),
+    _p('publish_points', True, 'publish depth/points (needs metric depth and intrinsics)'),
+    _p('publish_colorized', True, 'publish depth/colorized'),
+    _p('publish_confidence', True, 'publish depth/confidence'),
+    _p('colormap', 'turbo', 'colormap of depth/colorized (drawn from disparity, near = hot)',
+       choices=tuple(COLORMAPS), dynamic=True),
+    _p('fov_fallback_deg', 0.0, 'horizontal field of view assumed for points when no valid '
+       'CameraInfo arrives; 0 = off (no points without CameraInfo)', range=(0.0, 179.0),
+       dynamic=True, unit='deg'),
+    # Transport
+    _p('qos_reliability', 'reliable', 'reliability of the published topics',
+       choices=RELIABILITIES),
+    _p('qos_depth', 5, 'history depth of the published topics', range=(1, 1000)),
+    _p('sync_tolerance', 0.0, 'largest stamp difference for an image/CameraInfo (or hint) '
+       'pair; 0 = exact stamps', range=(0.0, 1.0), unit='s'),
+    _p('sync_timeout', 0.1, 'how long an image waits for its CameraInfo before it goes on '
+       'without one', range=(0.0, 10.0), unit='s'),
+    _p('diagnostics_period', 1.0, 'period of /diagnostics messages', range=(0.1, 60.0),
+       unit='s'),
+)
+
+SPECS = {spec.name: spec for spec in DEPTH_PARAMETERS}
+DYNAMIC = frozenset(spec.name for spec in DEPTH_PARAMETERS if spec.dynamic)
+
+
+@dataclass(frozen=True)
+class DepthParams:
+    """The depth node's configuration; one immutable snapshot per parameter change."""
+
+    weights: str
+    backend: str
+    device: str
+    dtype: str
+    model_height: int
+    model_width: int
+    stand_in_delay: float
+    window: int
+    overlap: int
+    policy: str
+    queue_size: int
+    output_scale: float
+    metric_mode: str
+    metric_a: float
+    metric_b: float
+    hint_type: str
+    hint_min_samples: int
+    max_range: float
+    point_stride: int
+    points_rgb: bool
+    points_organized: bool
+    publish_points: bool
+    publish_colorized: bool
+    publish_confidence: bool
+    colormap: str
+    fov_fallback_deg: float
+    qos_reliability: str
+    qos_depth: int
+    sync_tolerance: float
+    sync_timeout: float
+    diagnostics_period: float
+
+    @classmethod
+    def defaults(cls):
+        """Return the configuration made of every default."""
+        return cls(**{spec.name: spec.default for spec in DEPTH_PARAMETERS})
+
+    def validate(self):
+        """Check every value and the rules between them.
+
+        :raises InputError: naming the parameter, the value and what is allowed.
+        """
+        for spec in DEPTH_PARAMETERS:
+            reason = spec.check(getattr(self, spec.name))
+            if reason:
+                raise InputError(f'parameter {reason}')
+        if self.overlap >= self.window:
+            raise InputError(f'parameter overlap ({self.overlap}) must be smaller than window '
+                             f'({self.window}); e.g. window 9, overlap 4')
+        if self.metric_mode == 'fixed':
+            _check_fixed(self.metric_a, self.metric_b)
+        return self
+
+
+def _check_fixed(a, b):
+    # Inverse depth a*d + b must be positive for some disparity d in (0, 1], or every pixel is
+    # invalid.
+    if max(a + b, b) <= 0:
+        raise InputError(f'metric_a={a}, metric_b={b} give no positive inverse depth for any '
+                         'disparity in [0, 1]; use metric_a > 0 (e.g. 1.0) and metric_b >= 0')
+
+
+def declare_specs(node, specs):
+    """Declare ``specs`` on ``node`` and return ``{name: value}`` (overrides applied).
+
+    :raises InputError: an override has the wrong type or is out of range.
+    """
+    values = {}
+    for spec in specs:
+        try:
+            param = node.declare_parameter(spec.name, spec.default, spec.descriptor())
+        except ParameterAlreadyDeclaredException:
+            param = node.get_parameter(spec.name)
+        except (InvalidParameterValueException, InvalidParameterTypeException) as exc:
+            raise InputError(f'parameter {spec.name}: {exc}; expected {spec.type_name}'
+                             f'{_rule(spec)}: {spec.description}') from None
+        value = param.value
+        if spec.type_name == 'double' and isinstance(value, int):
+            value = float(value)
+        reason = spec.check(value)
+        if reason:
+            raise InputError(f'parameter {reason}')
+        values[spec.name] = value
+    return values
+
+
+def _rule(spec):
+    if spec.choices:
+        return f' (one of {", ".join(spec.choices)})'
+    if spec.range:
+        return f' in [{spec.range[0]}, {spec.range[1]}]'
+    return ''
+
+
+class DepthParameters:
+    """Declares the depth node's parameters and keeps the current :class:`DepthParams`.
+
+    Dynamic parameters are validated by an on-set callback (a rejected change leaves the node
+    unchanged and returns the reason to ``ros2 param set``); accepted ones replace
+    :attr:`current` atomically.
+    """
+
+    def __init__(self, node):
+        self._lock = threading.Lock()
+        self._current = DepthParams(**declare_specs(node, DEPTH_PARAMETERS)).validate()
+        self.listeners = []
+        node.add_on_set_parameters_callback(self._on_set)
+        node.add_post_set_parameters_callback(self._on_post_set)
+
+    @property
+    def current(self):
+        """Return the current configuration snapshot."""
+        with self._lock:
+            return self._current
+
+    def _on_set(self, parameters):
+        with self._lock:
+            changes = {}
+            for param in parameters:
+                spec = SPECS.get(param.name)
+                if spec is None:
+                    continue
+                reason = spec.check(param.value)
+                if reason:
+                    return SetParametersResult(successful=False, reason=reason)
+                changes[param.name] = param.value
+            candidate = replace(self._current, **_as_types(changes))
+        if candidate.metric_mode == 'fixed':
+            try:
+                _check_fixed(candidate.metric_a, candidate.metric_b)
+            except InputError as exc:
+                return SetParametersResult(successful=False, reason=str(exc))
+        return SetParametersResult(successful=True)
+
+    def _on_post_set(self, parameters):
+        changes = {p.name: p.value for p in parameters if p.name in SPECS}
+        if not changes:
+            return
+        with self._lock:
+            self._current = replace(self._current, **_as_types(changes))
+            current = self._current
+        for listener in self.listeners:
+            listener(current, frozenset(changes))
+
+
+def _as_types(changes):
+    out = {}
+    for name, value in changes.items():
+        if SPECS[name].type_name == 'double' and isinstance(value, int):
+            value = float(value)
+        out[name] = value
+    return out
+
+
+def yaml_defaults():
+    """Return ``{name: default}`` in declaration order (what config/depth.yaml mirrors)."""
+    return {spec.name: spec.default for spec in DEPTH_PARAMETERS}
+

@@ -1,0 +1,124 @@
+"""Parameter declarations, validation, dynamic updates, and the YAML mirror."""
+
+from dataclasses import fields
+from pathlib import Path
+import uuid
+
+import pytest
+import yaml
+
+rclpy = pytest.importorskip('rclpy')
+from rclpy.node import Node  # noqa: E402
+from rclpy.parameter import Parameter  # noqa: E402
+
+from dvd_ros.errors import InputError  # noqa: E402
+from dvd_ros.ros.params import (  # noqa: E402
+    DEPTH_PARAMETERS,
+    DYNAMIC,
+    SPECS,
+    DepthParameters,
+    DepthParams,
+    yaml_defaults,
+)
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope='module')
+def context():
+    ctx = rclpy.context.Context()
+    rclpy.init(context=ctx)
+    yield ctx
+    rclpy.shutdown(context=ctx)
+
+
+def _node(context, **overrides):
+    params = [Parameter(k, value=v) for k, v in overrides.items()]
+    return Node(f'params_{uuid.uuid4().hex[:8]}', context=context, parameter_overrides=params)
+
+
+def test_dataclass_matches_specs():
+    assert [f.name for f in fields(DepthParams)] == [s.name for s in DEPTH_PARAMETERS]
+    assert DepthParams.defaults().validate() == DepthParams.defaults()
+
+
+def test_yaml_mirrors_every_parameter():
+    doc = yaml.safe_load((REPO / 'config' / 'depth.yaml').read_text())
+    values = doc['/**']['ros__parameters']
+    assert values == yaml_defaults()
+
+
+def test_docs_list_every_parameter():
+    text = (REPO / 'docs' / 'ros.md').read_text()
+    missing = [s.name for s in DEPTH_PARAMETERS if f'`{s.name}`' not in text]
+    assert not missing
+
+
+def test_descriptors(context):
+    node = _node(context)
+    try:
+        DepthParameters(node)
+        for spec in DEPTH_PARAMETERS:
+            desc = node.describe_parameter(spec.name)
+            assert desc.description.startswith(spec.description[:20])
+            assert desc.read_only == (spec.name not in DYNAMIC)
+        assert node.describe_parameter('window').integer_range[0].step == 4
+        assert node.describe_parameter('max_range').floating_point_range[0].to_value == 1e4
+    finally:
+        node.destroy_node()
+
+
+def test_overrides_and_clear_errors(context):
+    node = _node(context, window=13, overlap=5, metric_mode='fixed')
+    try:
+        current = DepthParameters(node).current
+        assert (current.window, current.overlap, current.metric_mode) == (13, 5, 'fixed')
+    finally:
+        node.destroy_node()
+    cases = [
+        ({'window': 6}, 'window'),
+        ({'overlap': 9}, 'overlap .9. must be smaller than window'),
+        ({'colormap': 'rainbow'}, 'colormap'),
+        ({'backend': 'cuda-magic'}, 'backend'),
+        ({'metric_mode': 'fixed', 'metric_a': -1.0, 'metric_b': 0.0}, 'no positive inverse'),
+        ({'qos_depth': 'ten'}, 'qos_depth'),
+    ]
+    for overrides, message in cases:
+        node = _node(context, **overrides)
+        try:
+            with pytest.raises(InputError, match=message):
+                DepthParameters(node)
+        finally:
+            node.destroy_node()
+
+
+def test_dynamic_changes_validated(context):
+    node = _node(context, metric_mode='fixed')
+    try:
+        params = DepthParameters(node)
+        seen = []
+        params.listeners.append(lambda cur, names: seen.append((cur.colormap, names)))
+        result = node.set_parameters([Parameter('colormap', value='jet')])[0]
+        assert result.successful and params.current.colormap == 'jet'
+        assert seen == [('jet', frozenset({'colormap'}))]
+        for name, value, why in [('colormap', 'rainbow', 'colormap'),
+                                 ('point_stride', 0, 'point_stride'),
+                                 ('metric_a', -2.0, 'inverse depth'),
+                                 ('max_range', -1.0, 'max_range')]:
+            result = node.set_parameters([Parameter(name, value=value)])[0]
+            assert not result.successful and why in result.reason, (name, result.reason)
+        assert params.current.point_stride == 1 and params.current.metric_a == 1.0
+        assert node.set_parameters([Parameter('max_range', value=5.0)])[0].successful
+        assert params.current.max_range == 5.0
+        # Restart-only parameters are read-only.
+        assert not node.set_parameters([Parameter('window', value=13)])[0].successful
+        assert params.current.window == 9
+    finally:
+        node.destroy_node()
+
+
+def test_spec_check_messages():
+    assert SPECS['window'].check(5) is None
+    assert 'steps of 4' in SPECS['window'].check(7)
+    assert 'must be a double' in SPECS['max_range'].check('far')
+    assert 'finite' in SPECS['metric_a'].check(float('nan'))
