@@ -223,6 +223,27 @@ def test_causal_matches_streaming_depth(tmp_path):
     assert max(np.abs(expected[i] - offline[i]).max() for i in expected) > 1e-4
 
 
+def test_bag_round_trip_with_real_depth_regressor(tmp_path):
+    """The real DepthRegressor (tiny random weights, torch backend) through the pipeline."""
+    torch = pytest.importorskip('torch')
+    tiny = pytest.importorskip('tiny_models')
+    from dvd_ros.model.regressor import DepthRegressor
+
+    torch.set_num_threads(1)
+    regressor = DepthRegressor(tiny.tiny_models(), height=32, width=32)
+    frames = synthetic_frames(8)
+    stamps, _ = write_image_bag(tmp_path / 'in', frames, storage='sqlite3')
+    report = run_pipeline(open_source(tmp_path / 'in'), regressor,
+                          config(tmp_path, ['bag'], metric=METRIC))
+    assert report.frames_written == 8
+    _, _, by_topic = read_bag(tmp_path / 'out' / 'bag')
+    assert [stamp_ns(m) for _, m in by_topic['/cam/depth/image']] == stamps
+    windows = offline_windows(8, WINDOW, OVERLAP)
+    expected = stitch_offline([regressor.predict(frames[s:e]) for s, e in windows], windows, 8)
+    got = np.stack([float_image(m) for _, m in by_topic['/cam/depth/disparity']])
+    np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-6)
+
+
 # ---------------------------------------------------------------------------- interruption
 
 
@@ -273,7 +294,7 @@ def test_sigint_is_deferred_while_writing():
 
 @pytest.fixture
 def stand_in(monkeypatch):
-    monkeypatch.setattr(cli_offline, 'load_regressor', lambda weights, device: StandInRegressor())
+    monkeypatch.setattr(cli_offline, 'load_regressor', lambda args: StandInRegressor())
 
 
 def run_cli(capsys, *argv):

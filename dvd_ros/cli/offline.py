@@ -39,6 +39,14 @@ def add_parser(subparsers):
                         help='DVD weights (release .safetensors or converted folder; default: '
                              'the embedded tiny model)')
     parser.add_argument('--device', default='cpu', help='torch device (default: %(default)s)')
+    parser.add_argument('--dtype', default='float32', choices=('float32', 'bfloat16', 'float16'),
+                        help='model dtype (default: %(default)s)')
+    parser.add_argument('--backend', default='torch',
+                        help='execution backend (see `dvd-ros engine`; default: %(default)s)')
+    parser.add_argument('--height', type=int,
+                        help="processing height in pixels (default: the weights' own, 480)")
+    parser.add_argument('--width', type=int,
+                        help="processing width in pixels (default: the weights' own, 640)")
     parser.add_argument('--window', type=int, default=81,
                         help='frames per model window (default: %(default)s)')
     parser.add_argument('--overlap', type=int, default=21,
@@ -73,11 +81,13 @@ def add_parser(subparsers):
     return parser
 
 
-def load_regressor(weights, device):
-    """Load the DVD regressor (embedded tiny model when `weights` is None)."""
+def load_regressor(args):
+    """Load the DVD regressor of the command line (embedded tiny model without --weights)."""
     from dvd_ros.model.regressor import DepthRegressor
 
-    return DepthRegressor.from_pretrained(weights, device=device)
+    size = {k: v for k, v in (('height', args.height), ('width', args.width)) if v is not None}
+    return DepthRegressor.from_pretrained(args.weights, device=args.device, dtype=args.dtype,
+                                          backend=args.backend, **size)
 
 
 def _config(args):
@@ -120,7 +130,7 @@ def run(args):
                              camera_info_topic=args.camera_info_topic, fps=args.fps,
                              frame_id=args.frame_id)
         print(source.describe(), file=sys.stderr)
-        regressor = load_regressor(args.weights, args.device)
+        regressor = load_regressor(args)
         report = run_pipeline(source, regressor, config)
     except KeyboardInterrupt as exc:
         report = getattr(exc, 'report', None)
