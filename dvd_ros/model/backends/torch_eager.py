@@ -1,0 +1,109 @@
+"""Torch eager backend: the diffusers modules called directly (the reference-parity path)."""
+
+import torch
+
+from dvd_ros.errors import BackendUnavailable, InputError
+from dvd_ros.model import presets
+
+DTYPES = {
+    'float32': torch.float32, 'fp32': torch.float32,
+    'bfloat16': torch.bfloat16, 'bf16': torch.bfloat16,
+    'float16': torch.float16, 'fp16': torch.float16, 'half': torch.float16,
+}
+
+
+def resolve_dtype(dtype):
+    """Return the torch dtype for ``dtype`` (a torch dtype or a name such as 'bfloat16').
+
+    :raises InputError: for any other dtype.
+    """
+    if isinstance(dtype, str):
+        key = dtype.lower().removeprefix('torch.')
+        if key not in DTYPES:
+            raise InputError(f'unknown dtype {dtype!r}; choose float32, bfloat16 or float16')
+        return DTYPES[key]
+    if dtype not in (torch.float32, torch.bfloat16, torch.float16):
+        raise InputError(f'unsupported dtype {dtype}; choose float32, bfloat16 or float16')
+    return dtype
+
+
+def resolve_device(device):
+    """Return a ``torch.device``; a CUDA device must exist.
+
+    :raises BackendUnavailable: CUDA asked for but not available (names the fix).
+    """
+    try:
+        device = torch.device(device)
+    except (RuntimeError, TypeError):
+        raise InputError(f'unknown device {device!r}; use cpu or cuda[:index]') from None
+    if device.type == 'cuda':
+        if not torch.cuda.is_available():
+            raise BackendUnavailable(
+                f'device {device} requested but this torch build sees no CUDA GPU '
+                f'(torch {torch.__version__}); use device=cpu or install a CUDA build of torch')
+        if device.index is not None and device.index >= torch.cuda.device_count():
+            raise BackendUnavailable(
+                f'device {device} does not exist ({torch.cuda.device_count()} CUDA GPUs)')
+    elif device.type != 'cpu':
+        raise InputError(f'unsupported device {device}; use cpu or cuda[:index]')
+    return device
+
+
+def place_module(module, device, dtype):
+    """Move ``module`` to ``device`` and cast its parameters (not its buffers) to ``dtype``.
+
+    Buffers stay as built: diffusers keeps the RoPE tables in float32, and casting them to
+    bfloat16 would visibly bend positions near 1024.
+    """
+    for param in module.parameters():
+        if param.dtype != dtype:
+            param.data = param.data.to(dtype)
+    return module.to(device)
+
+
+class TorchBackend:
+    """Run VAE encode, the single DiT pass and VAE decode with the diffusers modules."""
+
+    name = 'torch'
+
+    def __init__(self, models, device='cpu', dtype=torch.float32):
+        """Place ``models`` on ``device`` in ``dtype`` (in place) and cache the constants.
+
+        :param models: a ``DVDModels``.
+        :param device: 'cpu' or 'cuda[:i]'.
+        :param dtype: float32, bfloat16 or float16 (torch dtype or name).
+        :raises BackendUnavailable: CUDA requested but absent.
+        """
+        self.models = models
+        self.device = resolve_device(device)
+        self.dtype = resolve_dtype(dtype)
+        self.transformer = place_module(models.transformer, self.device, self.dtype).eval()
+        self.vae = place_module(models.vae, self.device, self.dtype).eval()
+        shape = (1, -1, 1, 1, 1)
+        self.mean = torch.tensor(models.latents_mean, dtype=torch.float32,
+                                 device=self.device).view(shape)
+        self.std = torch.tensor(models.latents_std, dtype=torch.float32,
+                                device=self.device).view(shape)
+        self.timestep = torch.tensor([presets.TIMESTEP], dtype=torch.float32, device=self.device)
+        # Allocated once: the DiT always sees the same all-zero 512-token text context.
+        self.context = torch.zeros(1, presets.CONTEXT_LENGTH, self.transformer.config.text_dim,
+                                   dtype=self.dtype, device=self.device)
+
+    @torch.inference_mode()
+    def encode(self, video):
+        """Encode ``(1, 3, T, H, W)`` in [-1, 1] to normalised latents ``(1, 16, T', h, w)``."""
+        video = video.to(device=self.device, dtype=self.dtype)
+        mu = self.vae.encode(video).latent_dist.mode()  # posterior mean, never a sample
+        return ((mu.float() - self.mean) / self.std).to(self.dtype)
+
+    @torch.inference_mode()
+    def transform(self, latents):
+        """Run the single DiT pass at t = 500 with the zero text context."""
+        latents = latents.to(device=self.device, dtype=self.dtype)
+        return self.transformer(latents, self.timestep, self.context, return_dict=False)[0]
+
+    @torch.inference_mode()
+    def decode(self, latents):
+        """Decode normalised latents to ``(1, 3, T, H, W)`` clamped to [-1, 1]."""
+        mu = (latents.float() * self.std + self.mean).to(self.dtype)
+        return self.vae.decode(mu, return_dict=False)[0].clamp(-1.0, 1.0)
