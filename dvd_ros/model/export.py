@@ -122,7 +122,7 @@ def example_input(stage, shape, seed=0, device='cpu'):
     return x.to(device)
 
 
-def export_stage(module, stage, shape, out_dir, opset=DEFAULT_OPSET):
+def export_stage(module, stage, shape, out_dir, opset=DEFAULT_OPSET, device=None):
     """Export ``module`` (from ``stage_module``) to ``out_dir/model.onnx`` for one window shape.
 
     Models over 2 GB get their weights as external data files in the same folder.
@@ -132,15 +132,19 @@ def export_stage(module, stage, shape, out_dir, opset=DEFAULT_OPSET):
     :param shape: the ``WindowShape``.
     :param out_dir: folder to create; one stage per folder.
     :param opset: ONNX opset.
+    :param device: where to trace (default: where the module is). Tracing runs the model
+        once at full size, so the 1.3B model should be exported on a GPU.
     :return: path of the ``.onnx`` file.
     """
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     path = out_dir / ONNX_FILE
     param = next(module.parameters())
-    if param.dtype != torch.float32:
-        # Graphs are float32 (TensorRT lowers the precision itself): export a float32 copy.
-        module = copy.deepcopy(module).float()
+    device = torch.device(device) if device is not None else param.device
+    if param.dtype != torch.float32 or param.device != device:
+        # Graphs are float32 (TensorRT lowers the precision itself): trace a float32 copy.
+        module = copy.deepcopy(module).to(device=device, dtype=torch.float32)
+        param = next(module.parameters())
     x = example_input(stage, shape, device=param.device)
     with torch.no_grad(), onnx_compatible(module), warnings.catch_warnings():
         # The TorchScript exporter is deprecated upstream and warns on every call.
@@ -204,7 +208,7 @@ def onnx_key(stage, shape, weights_id):
                      weights=weights_id, runtime=EXPORT_RUNTIME)
 
 
-def cached_onnx(models, stage, shape, cache, weights_id=None, progress=None):
+def cached_onnx(models, stage, shape, cache, weights_id=None, progress=None, device=None):
     """Return the path of ``stage``'s ONNX graph at ``shape``, exporting it on a cache miss.
 
     :param models: a ``DVDModels``.
@@ -213,6 +217,7 @@ def cached_onnx(models, stage, shape, cache, weights_id=None, progress=None):
     :param cache: an ``EngineCache``.
     :param weights_id: precomputed ``stage_fingerprint`` (computed when ``None``).
     :param progress: optional callable receiving a line before a (slow) export.
+    :param device: where to trace on a miss (see ``export_stage``).
     :return: ``Path`` of ``model.onnx`` inside the cache entry.
     """
     if weights_id is None:
@@ -222,6 +227,6 @@ def cached_onnx(models, stage, shape, cache, weights_id=None, progress=None):
     def build(folder):
         if progress:
             progress(f'exporting {stage} ({shape.tag}) to ONNX ...')
-        return export_stage(stage_module(models, stage), stage, shape, folder)
+        return export_stage(stage_module(models, stage), stage, shape, folder, device=device)
 
     return cache.get_or_build(key, build)
