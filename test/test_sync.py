@@ -80,6 +80,10 @@ def test_order_kept_when_later_info_arrives_first():
     assert sync.add_info(2, 'i2') == [('a', None), ('b', 'i2')]
 
 
-def test_no_wait_before_first_info():
-    sync = StampSync(timeout_s=100.0, clock=FakeClock())
-    assert sync.add_image(1, 'a') == [('a', None)]
+def test_camera_without_info_stops_waiting_after_startup():
+    clock = FakeClock()
+    sync = StampSync(timeout_s=100.0, startup_s=1.0, clock=clock)
+    assert sync.add_image(1, 'a') == []  # the first CameraInfo may still come
+    clock.t = 1.0
+    assert sync.add_image(2, 'b') == [('a', None), ('b', None)]
+    assert sync.add_image(3, 'c') == [('c', None)]  # no waiting any more

@@ -9,8 +9,6 @@ counted and reported on /diagnostics.
 from collections import deque
 from dataclasses import dataclass
 import math
-import os
-import signal
 import sys
 import threading
 import time
@@ -30,6 +28,7 @@ from dvd_ros.colorize import colorize
 from dvd_ros.errors import DvdError, InputError
 from dvd_ros.ros import diagnostics, messages
 from dvd_ros.ros.params import STAND_IN_BACKEND, DepthParameters
+from dvd_ros.ros.shutdown import ShutdownRequest, exit_now_if_busy, finish, spin_until_shutdown
 from dvd_ros.ros.sync import StampBuffer, StampSync, stamp_ns
 
 # Seconds between two log lines about the same problem (the count of repeats is kept).
@@ -77,6 +76,15 @@ class DepthNode(Node):
 
     def __init__(self, regressor=None, node_name='depth_node', **kwargs):
         super().__init__(node_name, **kwargs)
+        self._worker = None
+        try:
+            self._setup(regressor, node_name)
+        except BaseException:
+            # A half-built node would stay registered in the context and break its shutdown.
+            super().destroy_node()
+            raise
+
+    def _setup(self, regressor, node_name):
         self.parameters = DepthParameters(self)
         p = self.parameters.current
         self.stats = diagnostics.NodeStats()
@@ -447,6 +455,8 @@ class DepthNode(Node):
     # ----------------------------------------------------------------------------- shutdown
     def stop(self, timeout=JOIN_TIMEOUT_S):
         """Stop the worker; return True when it ended within ``timeout`` seconds."""
+        if self._worker is None:
+            return True
         self._stop.set()
         with self._cond:
             self._cond.notify_all()
@@ -458,72 +468,6 @@ class DepthNode(Node):
         """Stop the worker, then destroy the node."""
         self.stop()
         super().destroy_node()
-
-
-class ShutdownRequest:
-    """SIGINT/SIGTERM handler: the first signal asks to stop, later ones are ignored quietly.
-
-    rclpy's own handlers are off (``SignalHandlerOptions.NO``), so the spin loop ends on our
-    flag and cleanup runs once, without a KeyboardInterrupt traceback from a second Ctrl-C.
-    """
-
-    def __init__(self):
-        self.event = threading.Event()
-        self.signals = 0
-
-    def install(self):
-        """Install the handler for SIGINT and SIGTERM (main thread only)."""
-        for signum in (signal.SIGINT, signal.SIGTERM):
-            signal.signal(signum, self._handle)
-        return self
-
-    def _handle(self, signum, frame):
-        self.signals += 1
-        self.event.set()
-
-
-def spin_until_shutdown(executor, request, duration=None):
-    """Spin ``executor`` until a signal arrives, its context shuts down, or ``duration`` ends."""
-    end = None if duration is None else time.monotonic() + duration
-    context = executor.context
-    while not request.event.is_set() and context.ok():
-        if end is not None and time.monotonic() >= end:
-            break
-        # A short timeout keeps signal handling responsive (Python runs handlers between
-        # bytecodes, not inside the C wait).
-        executor.spin_once(timeout_sec=0.1)
-
-
-def finish(nodes, executor, context):
-    """Stop workers, destroy nodes, shut the context down; never raises."""
-    clean = True
-    for node in nodes:
-        try:
-            if isinstance(node, DepthNode):
-                clean &= node.stop()
-            executor.remove_node(node)
-            node.destroy_node()
-        except Exception:  # noqa: BLE001, S110 - shutting down: nothing useful to do
-            clean = False
-    try:
-        executor.shutdown(timeout_sec=0.5)
-    except Exception:  # noqa: BLE001, S110
-        pass
-    if context.ok():
-        context.try_shutdown()
-    return clean
-
-
-def exit_now_if_busy(clean, status):
-    """Exit at once if a worker is still inside the model (it cannot be interrupted).
-
-    A daemon thread still running torch at interpreter exit can crash the process; leaving
-    through ``os._exit`` keeps shutdown within ~2 s and without a traceback.
-    """
-    if not clean:
-        sys.stdout.flush()
-        sys.stderr.flush()
-        os._exit(status)
 
 
 def main(argv=None):
@@ -548,6 +492,7 @@ def main(argv=None):
     finally:
         clean = finish([node] if node is not None else [], executor, context)
     exit_now_if_busy(clean, status)
+    request.ignore_further()
     return status
 
 

@@ -75,13 +75,16 @@ class StampSync:
 
     An image whose CameraInfo has not arrived waits at most ``timeout_s`` (wall clock) and at
     most ``max_pending`` images; after that it is released alone (``info`` None) so depth never
-    stalls on a missing calibration. Until the first CameraInfo arrives images do not wait at
-    all (a camera without calibration). Released pairs keep the order in which images arrived.
+    stalls on a missing calibration. If no CameraInfo has arrived ``startup_s`` after the first
+    image, images stop waiting at all (a camera without calibration). Released pairs keep the
+    order in which images arrived.
     """
 
     def __init__(self, tolerance_ns=0, timeout_s=0.1, max_pending=8, info_capacity=32,
-                 clock=time.monotonic):
+                 startup_s=1.0, clock=time.monotonic):
         self.infos = StampBuffer(info_capacity, tolerance_ns)
+        self.startup_s = float(startup_s)
+        self._first_image = None
         self.timeout_s = float(timeout_s)
         self.max_pending = int(max_pending)
         self.clock = clock
@@ -100,7 +103,10 @@ class StampSync:
 
     def add_image(self, stamp, image):
         """Queue an image; return the ``(image, info)`` pairs that are ready now."""
-        self._pending.append(_Pending(stamp, image, self.clock()))
+        now = self.clock()
+        if self._first_image is None:
+            self._first_image = now
+        self._pending.append(_Pending(stamp, image, now))
         return self._release()
 
     def poll(self):
@@ -120,7 +126,9 @@ class StampSync:
         while self._pending:
             head = self._pending[0]
             info = self.infos.find(head.stamp)
-            if info is None and not (len(self.infos) == 0
+            uncalibrated = (len(self.infos) == 0
+                            and now - self._first_image >= self.startup_s)
+            if info is None and not (uncalibrated
                                      or len(self._pending) > self.max_pending
                                      or now - head.received >= self.timeout_s
                                      or self._infos_passed(head.stamp)):

@@ -1,0 +1,83 @@
+"""Clean process shutdown for the nodes: SIGINT/SIGTERM (once or twice) end spinning quietly."""
+
+import os
+import signal
+import sys
+import threading
+import time
+
+
+class ShutdownRequest:
+    """SIGINT/SIGTERM handler: the first signal asks to stop, later ones are ignored quietly.
+
+    rclpy's own handlers are off (``SignalHandlerOptions.NO``), so the spin loop ends on our
+    flag and cleanup runs once, without a KeyboardInterrupt traceback from a second Ctrl-C.
+    """
+
+    def __init__(self):
+        self.event = threading.Event()
+        self.signals = 0
+
+    def install(self):
+        """Install the handler for SIGINT and SIGTERM (main thread only)."""
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(signum, self._handle)
+        return self
+
+    def ignore_further(self):
+        """Ignore SIGINT/SIGTERM from now on (cleanup done; the process is exiting).
+
+        Otherwise a late second Ctrl-C lands after Python has restored the default handlers
+        during interpreter teardown and kills the already finished process (status 130).
+        """
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(signum, signal.SIG_IGN)
+
+    def _handle(self, signum, frame):
+        self.signals += 1
+        self.event.set()
+
+
+def spin_until_shutdown(executor, request, duration=None):
+    """Spin ``executor`` until a signal arrives, its context shuts down, or ``duration`` ends."""
+    end = None if duration is None else time.monotonic() + duration
+    context = executor.context
+    while not request.event.is_set() and context.ok():
+        if end is not None and time.monotonic() >= end:
+            break
+        # A short timeout keeps signal handling responsive (Python runs handlers between
+        # bytecodes, not inside the C wait).
+        executor.spin_once(timeout_sec=0.1)
+
+
+def finish(nodes, executor, context):
+    """Stop workers, destroy nodes, shut the context down; never raises."""
+    clean = True
+    for node in nodes:
+        try:
+            stop = getattr(node, 'stop', None)
+            if stop is not None:
+                clean &= bool(stop())
+            executor.remove_node(node)
+            node.destroy_node()
+        except Exception:  # noqa: BLE001, S110 - shutting down: nothing useful to do
+            clean = False
+    try:
+        executor.shutdown(timeout_sec=0.5)
+    except Exception:  # noqa: BLE001, S110
+        pass
+    if context.ok():
+        context.try_shutdown()
+    return clean
+
+
+def exit_now_if_busy(clean, status):
+    """Exit at once if a worker is still inside the model (it cannot be interrupted).
+
+    A daemon thread still running torch at interpreter exit can crash the process; leaving
+    through ``os._exit`` keeps shutdown within ~2 s and without a traceback.
+    """
+    if not clean:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(status)

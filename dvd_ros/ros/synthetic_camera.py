@@ -1,0 +1,181 @@
+"""A camera node without a camera: synthetic rooms (with ground truth) or a video file.
+
+Publishes ``image`` (rgb8), ``camera_info`` and, for the synthetic source,
+``ground_truth/depth`` (32FC1 metres, REP 118), all with the same header, at ``rate`` Hz.
+Synthetic frames are rendered once at start-up (ray casting is far slower than real time) and
+replayed; the stamps keep increasing, so a replayed clip looks like a camera circling its path.
+"""
+
+import sys
+
+import cv2
+import numpy as np
+import rclpy
+from rclpy.executors import ExternalShutdownException, SingleThreadedExecutor
+from rclpy.node import Node
+from rclpy.qos import qos_profile_sensor_data
+from rclpy.signals import SignalHandlerOptions
+from sensor_msgs.msg import CameraInfo, Image
+from std_msgs.msg import Header
+
+from dvd_ros import geometry
+from dvd_ros.errors import DvdError, InputError
+from dvd_ros.ros import messages
+from dvd_ros.ros.params import ParamSpec, declare_specs
+from dvd_ros.ros.shutdown import ShutdownRequest, finish, spin_until_shutdown
+
+CAMERA_PARAMETERS = (
+    ParamSpec('source', 'synthetic', '"synthetic" (procedural rooms with ground-truth depth) '
+              'or the path of a video file'),
+    ParamSpec('rate', 30.0, 'frames published per second', range=(0.1, 1000.0), unit='Hz'),
+    ParamSpec('width', 128, 'synthetic render width (before upscale)', range=(8, 4096),
+              unit='px'),
+    ParamSpec('height', 96, 'synthetic render height (before upscale)', range=(8, 4096),
+              unit='px'),
+    ParamSpec('upscale', 1, 'integer upscale of every frame (cheap large images for load '
+              'tests; K is scaled to match)', range=(1, 16)),
+    ParamSpec('num_frames', 24, 'synthetic frames rendered at start-up and replayed',
+              range=(1, 100000)),
+    ParamSpec('seed', 0, 'synthetic scene seed', range=(0, 2**31 - 1)),
+    ParamSpec('loop', True, 'replay the clip / video forever; false = stop after one pass'),
+    ParamSpec('hfov_deg', 60.0, 'horizontal field of view of a video source (for CameraInfo)',
+              range=(10.0, 170.0), unit='deg'),
+    ParamSpec('frame_id', 'camera_optical_frame', 'frame_id of every header (optical frame)'),
+)
+
+
+class _Clip:
+    """Pre-rendered synthetic frames: rgb (H, W, 3) uint8, depth (H, W) float32 m, K."""
+
+    def __init__(self, params):
+        from dvd_ros.synthetic import SyntheticScene
+        scene = SyntheticScene(params['seed'], height=params['height'], width=params['width'])
+        self.frames = [scene.render(i) for i in range(params['num_frames'])]
+        self.intrinsics = geometry.PinholeIntrinsics.from_K(
+            self.frames[0].K, params['width'], params['height'])
+
+    def __len__(self):
+        return len(self.frames)
+
+    def get(self, i):
+        frame = self.frames[i % len(self.frames)]
+        return frame.rgb, frame.depth.astype(np.float32)
+
+
+class _Video:
+    """Frames of a video file read on demand (RGB), optionally restarted at the end."""
+
+    def __init__(self, path, hfov_deg):
+        self.path = path
+        self.capture = cv2.VideoCapture(path)
+        if not self.capture.isOpened():
+            raise InputError(f'cannot open video {path!r}: check the path and that OpenCV can '
+                             'decode it (e.g. an .mp4/.avi file)')
+        ok, first = self.capture.read()
+        if not ok:
+            raise InputError(f'video {path!r} has no frames')
+        self.first = first
+        height, width = first.shape[:2]
+        self.intrinsics = geometry.PinholeIntrinsics.from_fov(width, height, hfov_deg)
+
+    def next(self, loop):
+        if self.first is not None:
+            frame, self.first = self.first, None
+        else:
+            ok, frame = self.capture.read()
+            if not ok:
+                if not loop:
+                    return None
+                self.capture.set(cv2.CAP_PROP_POS_FRAMES, 0)
+                ok, frame = self.capture.read()
+                if not ok:
+                    return None
+        return cv2.cvtColor(frame, cv2.COLOR_BGR2RGB)
+
+
+class SyntheticCamera(Node):
+    """Publish a synthetic or recorded camera stream (see module docstring).
+
+    :param node_name: node name.
+    :param kwargs: passed to :class:`rclpy.node.Node` (``namespace``, ``context``, ...).
+    """
+
+    def __init__(self, node_name='synthetic_camera', **kwargs):
+        super().__init__(node_name, **kwargs)
+        self.params = declare_specs(self, CAMERA_PARAMETERS)
+        p = self.params
+        self.pub_image = self.create_publisher(Image, 'image', qos_profile_sensor_data)
+        self.pub_info = self.create_publisher(CameraInfo, 'camera_info', qos_profile_sensor_data)
+        self.pub_truth = None
+        if p['source'] == 'synthetic':
+            self.source = _Clip(p)
+            self.pub_truth = self.create_publisher(Image, 'ground_truth/depth',
+                                                   qos_profile_sensor_data)
+        else:
+            self.source = _Video(p['source'], p['hfov_deg'])
+        intr = self.source.intrinsics
+        self.intrinsics = intr.scaled(intr.width * p['upscale'], intr.height * p['upscale'])
+        self.index = 0
+        self.finished = False
+        self.create_timer(1.0 / p['rate'], self._tick)
+        self.get_logger().info(
+            f'publishing {p["source"]} at {p["rate"]:g} Hz, {self.intrinsics.width}x'
+            f'{self.intrinsics.height}, on {self.resolve_topic_name("image")}')
+
+    def _next(self):
+        p = self.params
+        if isinstance(self.source, _Clip):
+            if not p['loop'] and self.index >= len(self.source):
+                return None, None
+            return self.source.get(self.index)
+        return self.source.next(p['loop']), None
+
+    def _tick(self):
+        if self.finished:
+            return
+        rgb, depth = self._next()
+        if rgb is None:
+            self.finished = True
+            self.get_logger().info(f'end of {self.params["source"]} after {self.index} frames')
+            return
+        up = self.params['upscale']
+        if up > 1:
+            size = (rgb.shape[1] * up, rgb.shape[0] * up)
+            rgb = cv2.resize(rgb, size, interpolation=cv2.INTER_LINEAR)
+            if depth is not None:
+                depth = cv2.resize(depth, size, interpolation=cv2.INTER_NEAREST)
+        header = Header(frame_id=self.params['frame_id'])
+        header.stamp = self.get_clock().now().to_msg()
+        self.pub_info.publish(messages.camera_info_from_intrinsics(self.intrinsics, header))
+        if self.pub_truth is not None and depth is not None:
+            self.pub_truth.publish(messages.array_to_image(depth, '32FC1', header))
+        self.pub_image.publish(messages.array_to_image(rgb, 'rgb8', header))
+        self.index += 1
+
+
+def main(argv=None):
+    """Run the synthetic camera (``ros2 run dvd_ros synthetic_camera``); returns exit status."""
+    argv = sys.argv if argv is None else argv
+    request = ShutdownRequest().install()
+    context = rclpy.context.Context()
+    rclpy.init(args=argv, context=context, signal_handler_options=SignalHandlerOptions.NO)
+    executor = SingleThreadedExecutor(context=context)
+    node = None
+    status = 0
+    try:
+        node = SyntheticCamera(context=context)
+        executor.add_node(node)
+        spin_until_shutdown(executor, request)
+    except DvdError as exc:
+        print(f'synthetic_camera: error: {exc}', file=sys.stderr)
+        status = 2
+    except (KeyboardInterrupt, ExternalShutdownException):
+        pass
+    finally:
+        finish([node] if node is not None else [], executor, context)
+    request.ignore_further()
+    return status
+
+
+if __name__ == '__main__':
+    sys.exit(main())
