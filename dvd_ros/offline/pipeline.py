@@ -82,8 +82,13 @@ class _Interrupts:
         self._previous = None
 
     def install(self):
-        if threading.current_thread() is threading.main_thread():
-            self._previous = signal.signal(signal.SIGINT, self._handle)
+        # Signals can only be handled in the main thread; a process started with SIGINT
+        # ignored (nohup, background job) keeps ignoring it.
+        if threading.current_thread() is not threading.main_thread():
+            return
+        if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+            return
+        self._previous = signal.signal(signal.SIGINT, self._handle)
 
     def uninstall(self):
         if self._previous is not None:
