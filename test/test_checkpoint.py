@@ -239,6 +239,19 @@ def test_write_release_from_state_dict_roundtrips_exactly(tmp_path, release_stat
     assert all(torch.equal(written[k], release_state[k]) for k in release_state)
 
 
+def test_bfloat16_release_file_loads(tmp_path, release_state, dit_io):
+    dit = {k.removeprefix('pipe.dit.'): v for k, v in release_state.items()
+           if k.startswith('pipe.dit.')}
+    vae = {k.removeprefix('pipe.vae.model.'): v for k, v in release_state.items()
+           if k.startswith('pipe.vae.model.')}
+    path = checkpoint.write_release_checkpoint(tmp_path / 'bf16.safetensors', dit, vae=vae,
+                                               dtype=torch.bfloat16)
+    assert checkpoint.describe(path)['dtypes'] == ['BF16']
+    loaded = checkpoint.load_models(path)  # merged in float64, run in float32
+    assert loaded.dtype == torch.float32
+    assert max_err(run_dit(loaded.transformer, dit_io['latents'], dit_io), dit_io['output']) < 0.05
+
+
 @pytest.mark.parametrize('alpha', [4, 8])
 def test_write_release_from_peft_transformer_loads_back(tmp_path, dit_file, release_state,
                                                        models, dit_io, alpha):
@@ -349,6 +362,16 @@ def test_corrupt_pickle(tmp_path, release_state):
     bad.write_bytes(b'not a pickle at all')
     with pytest.raises(WeightsError, match='truncated or corrupt'):
         checkpoint.load_models(path, vae_path=bad)
+
+
+def test_converted_folder_rejects_release_options_and_corruption(tmp_path, models):
+    folder = checkpoint.save_converted(models, tmp_path / 'converted')
+    with pytest.raises(WeightsError, match='converted folder'):
+        checkpoint.load_models(folder, lora_alpha=8)
+    weights = next((folder / 'transformer').glob('*.safetensors'))
+    weights.write_bytes(weights.read_bytes()[:1000])
+    with pytest.raises(WeightsError, match='not a readable safetensors'):
+        checkpoint.load_models(folder)
 
 
 def test_vae_file_given_as_checkpoint(fixtures):

@@ -600,6 +600,15 @@ def _load_release(path, vae_path, lora_alpha, dtype, num_heads, merge):
         raise WeightsError(
             f'{path} holds only a VAE ({layout}); pass the DVD checkpoint as the path and '
             'this file as vae_path / --vae')
+    # Settle where the VAE comes from before the (slow, for 1.3B) LoRA merge.
+    if vae_path is not None:
+        vae_file, vae_source = _TensorFile(vae_path), str(vae_path)
+    elif any(VAE_MARKER in k for k in keys):
+        vae_file, vae_source = tensor_file, f'{path} (embedded pipe.vae.model.*)'
+    else:
+        raise WeightsError(
+            f'{path} carries no VAE copy (no {VAE_MARKER!r} keys); pass the Wan2.1 VAE with '
+            'vae_path= / --vae Wan2.1_VAE.pth (from Wan-AI/Wan2.1-T2V-1.3B)')
     dit_names = _strip_before(keys, DIT_MARKER)
     state, info = merge_lora((list(dit_names), lambda n: tensor_file.get(dit_names[n])),
                              lora_alpha=lora_alpha, dtype=dtype, merge=merge)
@@ -620,17 +629,7 @@ def _load_release(path, vae_path, lora_alpha, dtype, num_heads, merge):
     transformer = build_transformer(config, renamed, path)
     del renamed
 
-    if vae_path is not None:
-        vae_config, vae_state = _vae_state_from_file(_TensorFile(vae_path), dtype)
-        vae_source = str(vae_path)
-    elif any(VAE_MARKER in k for k in keys):
-        vae_config, vae_state = _vae_state_from_file(tensor_file, dtype)
-        vae_source = f'{path} (embedded pipe.vae.model.*)'
-    else:
-        raise WeightsError(
-            f'{path} carries no VAE copy (no {VAE_MARKER!r} keys); pass the Wan2.1 VAE with '
-            'vae_path= / --vae Wan2.1_VAE.pth (from Wan-AI/Wan2.1-T2V-1.3B)')
-    vae = build_vae(vae_config, vae_state, vae_path or path)
+    vae = build_vae(*_vae_state_from_file(vae_file, dtype), vae_file.path)
 
     file_meta = {k[len(META_PREFIX):]: v for k, v in tensor_file.metadata.items()
                  if k.startswith(META_PREFIX)}
@@ -713,12 +712,12 @@ def load_models(path, vae_path=None, lora_alpha=None, dtype=torch.float32, devic
         raise WeightsError(
             f'weights not found: {path}; see `dvd-ros weights` for where to get them')
     if path.is_dir():
-        if detect_layout(path) == 'converted':
-            if vae_path is not None or lora_alpha is not None:
-                raise WeightsError(
-                    f'{path} is a converted folder (LoRA already merged, VAE included); '
-                    'vae_path / lora_alpha apply only to an official release file')
-            models = _load_converted(path, dtype)
+        detect_layout(path)  # raises unless it is a converted folder
+        if vae_path is not None or lora_alpha is not None:
+            raise WeightsError(
+                f'{path} is a converted folder (LoRA already merged, VAE included); '
+                'vae_path / lora_alpha apply only to an official release file')
+        models = _load_converted(path, dtype)
     else:
         models = _load_release(path, vae_path, lora_alpha, dtype, num_heads, merge_lora)
     for module, what in ((models.transformer, 'DiT'), (models.vae, 'VAE')):
@@ -764,7 +763,11 @@ def _peft_scales(module):
     for name, sub in module.named_modules():
         scaling = getattr(sub, 'scaling', None)
         if isinstance(scaling, dict) and scaling and hasattr(sub, 'base_layer'):
-            (scales[name],) = scaling.values() if len(scaling) == 1 else (None,)
+            if len(scaling) != 1:
+                raise WeightsError(
+                    f'layer {name!r} has several LoRA adapters ({", ".join(scaling)}); the '
+                    'release layout holds one: merge or delete the others first')
+            scales[name] = next(iter(scaling.values()))
     return scales
 
 
@@ -903,6 +906,7 @@ def describe(path):
     ranks = sorted({tensor_file.shapes[k][0] for n, k in dit.items()
                     if (m := _LORA_SUFFIX.match(n)) and m['part'] == 'lora_A'})
     params = sum(math.prod(s) for s in tensor_file.shapes.values())
+    vae_count = len(vae) if layout == 'release' else len(keys)
     return {
         'path': str(path),
         'layout': layout,
@@ -910,10 +914,9 @@ def describe(path):
         'dit_tensors': len(dit),
         'lora_pairs': sum(1 for n in dit if n.endswith('.weight') and '.lora_A.' in n),
         'lora_rank': ranks[0] if len(ranks) == 1 else (ranks or None),
-        'vae_tensors': len(vae) if layout == 'release' else len(keys),
-        'other_tensors': len(keys) - len(dit) - (len(vae) if layout == 'release' else len(keys)),
-        'dtypes': sorted(set(tensor_file.dtypes.values()) if layout != 'release' else {
-            tensor_file.dtypes[k] for k in keys}, key=str),
+        'vae_tensors': vae_count,
+        'other_tensors': len(keys) - len(dit) - vae_count,
+        'dtypes': sorted({str(d) for d in tensor_file.dtypes.values()}),
         'parameters': params,
         'size_bytes': tensor_file.size_bytes(),
         'metadata': tensor_file.metadata,
