@@ -26,7 +26,8 @@ def add_parser(subparsers):
     p.add_argument('--seeds', default='0:240', help='scene seeds as START:STOP (default 0:240)')
     p.add_argument('--clips-per-seed', type=int, default=4)
     p.add_argument('--clip-frames', type=int, default=9)
-    p.add_argument('--video-frames', type=int, default=5, help='frames per video sample, 4n+1')
+    p.add_argument('--video-frames', type=int, default=None,
+                   help='frames per video sample, 4n+1 (default 5 for vae, 9 for dit)')
     p.add_argument('--seed', type=int, default=0, help='training RNG seed')
     p.add_argument('--loss', choices=('full', 'l2'), default='full',
                    help='full = MSE + 0.5 (L_t + L_h + L_w); l2 = MSE only (ablation)')
@@ -39,6 +40,11 @@ def add_parser(subparsers):
     p.add_argument('--resume', action='store_true', help='continue from OUT/state.pt')
     p.add_argument('--save-every', type=int, default=200)
     p.add_argument('--bank', default=None, help='cache file of rendered clips (.npz)')
+    p.add_argument('--latents', default=None,
+                   help='stage dit: cache file of the VAE latents of the bank (.pt); shared '
+                        'by runs with the same VAE and bank')
+    p.add_argument('--image-weight', type=float, default=1 / 6,
+                   help='probability of an image (T = 1) batch (default 1/6, as the paper)')
     p.add_argument('--threads', type=int, default=1, help='torch CPU threads (default 1)')
     p.add_argument('--no-progress', action='store_true')
     p.set_defaults(func=run)
@@ -66,6 +72,8 @@ def run(args):
     if args.height % 16 or args.width % 16:
         raise CliError(f'--height/--width must be multiples of 16, got {args.height}x'
                        f'{args.width}')
+    if args.video_frames is None:
+        args.video_frames = 5 if args.stage == 'vae' else min(9, args.clip_frames)
     if args.video_frames % 4 != 1:
         raise CliError(f'--video-frames must be 4n+1, got {args.video_frames}')
     if args.stage == 'dit' and not args.vae and not args.base:
@@ -77,7 +85,8 @@ def run(args):
     lr = args.lr if args.lr is not None else (1e-4 if args.lora_rank else 1e-3)
     cfg = TrainConfig(stage=args.stage, steps=args.steps, lr=lr, loss=args.loss,
                       seed=args.seed, save_every=args.save_every,
-                      video_frames=args.video_frames, cosine=not args.lora_rank)
+                      video_frames=args.video_frames, cosine=not args.lora_rank,
+                      image_weight=args.image_weight)
     if args.stage == 'vae':
         cfg = replace(cfg, image_batch=8, video_batch=2, image_weight=0.25)
     t0 = time.time()
@@ -85,6 +94,6 @@ def run(args):
         cfg, out, seeds=seeds, bank_path=bank_path, height=args.height, width=args.width,
         clips_per_seed=args.clips_per_seed, clip_frames=args.clip_frames, vae_dir=args.vae,
         base=args.base, lora_rank=args.lora_rank, resume=args.resume,
-        progress=not args.no_progress)
+        progress=not args.no_progress, latents_path=args.latents)
     print(json.dumps({'out': str(out), 'wall_seconds': round(time.time() - t0, 1), **result}))
     return 0

@@ -73,10 +73,11 @@ class JointSampler:
     :param video_batch: clips per video batch
     :param image_weight: probability weight of an image batch (video gets ``1 - image_weight``)
     :param rng: numpy Generator (its state is part of the resumable training state)
+    :param image_first_frame: images are always frame 0 of a clip (precomputed latents)
     """
 
     def __init__(self, n_clips, clip_frames, video_frames=5, image_batch=8, video_batch=2,
-                 image_weight=1 / 6, rng=None):
+                 image_weight=1 / 6, rng=None, image_first_frame=False):
         if video_frames % 4 != 1 or video_frames > clip_frames:
             raise InputError(f'video_frames must be 4n+1 and <= {clip_frames}, got '
                              f'{video_frames}')
@@ -84,6 +85,7 @@ class JointSampler:
         self.video_frames = video_frames
         self.image_batch, self.video_batch = image_batch, video_batch
         self.image_weight = image_weight
+        self.image_first_frame = image_first_frame
         self.rng = rng if rng is not None else np.random.default_rng(0)
 
     def draw(self):
@@ -91,6 +93,8 @@ class JointSampler:
         if self.rng.random() < self.image_weight:
             idx = self.rng.integers(self.n_clips, size=self.image_batch)
             starts = self.rng.integers(self.clip_frames, size=self.image_batch)
+            if self.image_first_frame:
+                starts[:] = 0
             return [(int(i), int(s), 1) for i, s in zip(idx, starts)]
         idx = self.rng.integers(self.n_clips, size=self.video_batch)
         starts = self.rng.integers(self.clip_frames - self.video_frames + 1,

@@ -11,6 +11,7 @@ from dvd_ros.train.data import load_or_render_bank
 from dvd_ros.train.trainer import (
     TINY_DIT_CONFIG,
     TINY_VAE_CONFIG,
+    LatentBank,
     Trainer,
     latent_statistics,
 )
@@ -40,8 +41,13 @@ def load_vae_stage(vae_dir):
 
 
 def run_stage(cfg, out, seeds, bank_path, height, width, clips_per_seed, clip_frames,
-              vae_dir=None, base=None, lora_rank=None, resume=False, progress=True):
-    """Train one stage and save its outputs under ``out``; returns a summary dict."""
+              vae_dir=None, base=None, lora_rank=None, resume=False, progress=True,
+              latents_path=None):
+    """Train one stage and save its outputs under ``out``; returns a summary dict.
+
+    Stage 'dit' encodes the bank once with the frozen VAE; ``latents_path`` caches those
+    latents so that several runs (e.g. the two ablation arms) share them.
+    """
     from diffusers import AutoencoderKLWan, WanTransformer3DModel
 
     out = Path(out)
@@ -81,7 +87,15 @@ def run_stage(cfg, out, seeds, bank_path, height, width, clips_per_seed, clip_fr
         from dvd_ros.train.lora import add_lora
 
         lora = add_lora(transformer, rank=lora_rank, alpha=lora_rank)
-    trainer = Trainer(cfg, bank, out, vae, transformer, mean, std)
+    latents = None
+    if latents_path is not None and Path(latents_path).is_file():
+        latents = LatentBank.load(latents_path)
+    if latents is None:
+        latents = LatentBank.encode(vae, bank, mean, std, cfg.video_frames, progress=progress)
+        if latents_path is not None:
+            Path(latents_path).parent.mkdir(parents=True, exist_ok=True)
+            latents.save(latents_path)
+    trainer = Trainer(cfg, bank, out, vae, transformer, mean, std, latents=latents)
     if resume:
         trainer.load_state()
     trainer.run(progress=progress)

@@ -83,10 +83,11 @@ class Trainer:
     :param transformer: WanTransformer3DModel (stage 'dit'); may be LoRA-wrapped
     :param latents_mean: 16 floats (stage 'dit')
     :param latents_std: 16 floats (stage 'dit')
+    :param latents: precomputed LatentBank of ``bank`` (stage 'dit'; encoded here if None)
     """
 
     def __init__(self, cfg, bank, out_dir, vae, transformer=None, latents_mean=None,
-                 latents_std=None):
+                 latents_std=None, latents=None):
         if cfg.stage not in ('vae', 'dit'):
             raise InputError(f"stage must be 'vae' or 'dit', got {cfg.stage!r}")
         if cfg.stage == 'dit' and (transformer is None or latents_mean is None):
@@ -103,12 +104,18 @@ class Trainer:
             raise InputError('no trainable parameters (all frozen)')
         self.opt = torch.optim.AdamW(self.params, lr=cfg.lr, betas=tuple(cfg.betas),
                                      weight_decay=cfg.weight_decay)
-        self.sampler = JointSampler(len(bank), bank.rgb.shape[1], cfg.video_frames,
-                                    cfg.image_batch, cfg.video_batch, cfg.image_weight,
-                                    rng=np.random.default_rng(cfg.seed))
+        self.latents = None
+        frames = bank.rgb.shape[1]
+        if cfg.stage == 'dit':
+            self.latents = latents if latents is not None else LatentBank.encode(
+                vae, bank, latents_mean, latents_std, cfg.video_frames)
+            frames = cfg.video_frames
+        self.sampler = JointSampler(len(bank), frames, cfg.video_frames, cfg.image_batch,
+                                    cfg.video_batch, cfg.image_weight,
+                                    rng=np.random.default_rng(cfg.seed),
+                                    image_first_frame=cfg.stage == 'dit')
         self.step = 0
         self.seconds = 0.0
-        self._latent_cache = {}
 
     # -- state ---------------------------------------------------------------------------
     def state_dict(self):
@@ -143,20 +150,10 @@ class Trainer:
         self.step, self.seconds = int(state['step']), float(state['seconds'])
 
     # -- steps ---------------------------------------------------------------------------
-    def _encode_cached(self, video, key):
-        """Encode with the frozen VAE; cache per (clip, start, length, kind) to save CPU."""
-        if key is None:
-            return latent.encode(self.vae, video, self.mean, self.std)
-        hit = self._latent_cache.get(key)
-        if hit is None:
-            hit = latent.encode(self.vae, video, self.mean, self.std)
-            self._latent_cache[key] = hit
-        return hit
-
     def loss_on(self, draw):
         """Compute the stage loss on one drawn batch -> (loss, logs)."""
-        rgb, tgt = _batch(self.bank, draw)
         if self.cfg.stage == 'vae':
+            rgb, tgt = _batch(self.bank, draw)
             video = torch.cat([rgb, tgt], 0)
             mu = self.vae.encode(video).latent_dist.mode()
             rec = self.vae.decode(mu).sample
@@ -166,11 +163,7 @@ class Trainer:
             reg = 1e-4 * (mu ** 2).mean()
             loss = l1 + mse + reg
             return loss, {'l1': l1.item(), 'mse': mse.item(), 'loss': loss.item()}
-        with torch.no_grad():
-            z_rgb = torch.cat([self._encode_cached(rgb[i:i + 1], ('r',) + d)
-                               for i, d in enumerate(draw)])
-            z_tgt = torch.cat([self._encode_cached(tgt[i:i + 1], ('d',) + d)
-                               for i, d in enumerate(draw)])
+        z_rgb, z_tgt = self.latents.batch(draw)
         pred = latent.regress(self.transformer, z_rgb)
         return dvd_loss(pred, z_tgt, kind=self.cfg.loss)
 
@@ -207,6 +200,60 @@ class Trainer:
                 if self.step % self.cfg.save_every == 0 or self.step == self.cfg.steps:
                     self.save_state()
         bar.close()
+
+
+class LatentBank:
+    """Normalised latents of a ClipBank under a frozen VAE, computed once (stage 'dit').
+
+    Per clip: the video latents of its first ``frames`` frames (RGB and clip-normalised
+    disparity target) and the image target of frame 0 normalised on its own. The causal VAE
+    encodes frame 0 alone, so the image RGB latent is the first video latent frame.
+    """
+
+    def __init__(self, rgb, target, target_image):
+        self.rgb, self.target, self.target_image = rgb, target, target_image
+
+    @classmethod
+    @torch.no_grad()
+    def encode(cls, vae, bank, mean, std, frames, progress=False, chunk=16):
+        """Encode every clip of ``bank`` -> LatentBank (float32 tensors on the CPU).
+
+        Clips are encoded ``chunk`` at a time: the Wan VAE's per-frame Python loop dominates
+        at these sizes, so batching amortises it.
+        """
+        from tqdm import tqdm
+
+        rgb, tgt, img = [], [], []
+        for k0 in tqdm(range(0, len(bank), chunk), desc='encode', unit='chunk',
+                       disable=not progress, mininterval=5):
+            ks = range(k0, min(k0 + chunk, len(bank)))
+            r = torch.from_numpy(np.stack([rgb_video(bank.rgb[k, :frames]) for k in ks]))
+            t = torch.from_numpy(np.stack([
+                target_video(normalized_disparity(bank.depth[k, :frames])) for k in ks]))
+            i = torch.from_numpy(np.stack([
+                target_video(normalized_disparity(bank.depth[k, :1])) for k in ks]))
+            rgb.append(latent.encode(vae, r, mean, std))
+            tgt.append(latent.encode(vae, t, mean, std))
+            img.append(latent.encode(vae, i, mean, std))
+        return cls(torch.cat(rgb), torch.cat(tgt), torch.cat(img))
+
+    def save(self, path):
+        """Write the latents to ``path`` (torch file)."""
+        torch.save({'rgb': self.rgb, 'target': self.target, 'target_image': self.target_image},
+                   path)
+
+    @classmethod
+    def load(cls, path):
+        """Read latents written by ``save``."""
+        d = torch.load(path, map_location='cpu')
+        return cls(d['rgb'], d['target'], d['target_image'])
+
+    def batch(self, draw):
+        """Return (RGB latents, target latents) (B, 16, T', h, w) for a JointSampler draw."""
+        idx = torch.tensor([k for k, _, _ in draw])
+        if draw[0][2] == 1:
+            return self.rgb[idx, :, :1], self.target_image[idx]
+        return self.rgb[idx], self.target[idx]
 
 
 @torch.no_grad()
