@@ -391,3 +391,11 @@ def test_describe_release(dit_file, fixture_config):
     assert info['vae_tensors'] == 194
     assert info['lora_pairs'] == 20
     assert info['dit_tensors'] + info['vae_tensors'] == 303
+
+
+def test_merge_on_an_explicit_device_is_identical(release_state):
+    dit = {k.removeprefix('pipe.dit.'): v for k, v in release_state.items()
+           if k.startswith('pipe.dit.')}
+    plain, _ = checkpoint.merge_lora((list(dit), dit.__getitem__))
+    placed, _ = checkpoint.merge_lora((list(dit), dit.__getitem__), device=torch.device('cpu'))
+    assert all(torch.equal(plain[k], placed[k]) for k in plain)
