@@ -223,21 +223,27 @@ def test_causal_matches_streaming_depth(tmp_path):
     assert max(np.abs(expected[i] - offline[i]).max() for i in expected) > 1e-4
 
 
-def test_bag_round_trip_with_real_depth_regressor(tmp_path):
-    """The real DepthRegressor (tiny random weights, torch backend) through the pipeline."""
+def test_cli_with_real_depth_regressor(tmp_path, capsys):
+    """`--weights` on a converted folder: the real DepthRegressor (tiny random weights)."""
     torch = pytest.importorskip('torch')
     tiny = pytest.importorskip('tiny_models')
+    from dvd_ros.model.checkpoint import DVDModels, save_converted
     from dvd_ros.model.regressor import DepthRegressor
 
     torch.set_num_threads(1)
-    regressor = DepthRegressor(tiny.tiny_models(), height=32, width=32)
+    models = tiny.tiny_models()
+    save_converted(DVDModels(models.transformer, models.vae, tuple(models.latents_mean),
+                             tuple(models.latents_std)), tmp_path / 'weights')
     frames = synthetic_frames(8)
     stamps, _ = write_image_bag(tmp_path / 'in', frames, storage='sqlite3')
-    report = run_pipeline(open_source(tmp_path / 'in'), regressor,
-                          config(tmp_path, ['bag'], metric=METRIC))
-    assert report.frames_written == 8
+    status, err = run_cli(capsys, tmp_path / 'in', '--out', tmp_path / 'out', '--outputs',
+                          'bag', '--weights', tmp_path / 'weights', '--height', 32, '--width',
+                          32, '--window', WINDOW, '--overlap', OVERLAP, '--metric-a', METRIC[0],
+                          '--metric-b', METRIC[1])
+    assert status == 0, err
     _, _, by_topic = read_bag(tmp_path / 'out' / 'bag')
     assert [stamp_ns(m) for _, m in by_topic['/cam/depth/image']] == stamps
+    regressor = DepthRegressor.from_pretrained(tmp_path / 'weights', height=32, width=32)
     windows = offline_windows(8, WINDOW, OVERLAP)
     expected = stitch_offline([regressor.predict(frames[s:e]) for s, e in windows], windows, 8)
     got = np.stack([float_image(m) for _, m in by_topic['/cam/depth/disparity']])
