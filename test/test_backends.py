@@ -149,3 +149,33 @@ def test_torch_compile_inductor_on_gpu(models):
     models.transformer.cpu(), models.vae.cpu()
     for name, g, w in zip(('encode', 'transform', 'decode'), got, torch_reference(models, clip)):
         assert (g.cpu() - w).abs().max().item() < 1e-3, name
+
+
+def test_regressor_with_onnxruntime_matches_the_torch_backend(models, tmp_path):
+    import numpy as np
+
+    from dvd_ros.model.regressor import DepthRegressor
+
+    frames = np.random.default_rng(0).integers(0, 256, (3, 32, 48, 3), dtype=np.uint8)
+    onnx = DepthRegressor(models, backend='onnxruntime', height=32, width=48,
+                          cache_dir=tmp_path, threads=1)
+    eager = DepthRegressor(models, backend='torch', height=32, width=48)
+    assert onnx.backend_name == 'onnxruntime'
+    got, want = onnx.predict(frames), eager.predict(frames)
+    assert got.shape == want.shape == (3, 32, 48)
+    assert want.std() > 1e-3
+    assert np.abs(got - want).max() < 1e-3
+
+
+def test_onnxruntime_reproduces_the_golden_end_to_end_fixture(fixtures, tmp_path):
+    from safetensors.torch import load_file
+
+    from dvd_ros.model.checkpoint import load_models
+    from dvd_ros.model.regressor import DepthRegressor
+
+    io = load_file(fixtures / 'dvd_tiny_e2e_io.safetensors')
+    models = load_models(fixtures / 'dvd_tiny_dit.safetensors')
+    regressor = DepthRegressor(models, backend='onnxruntime', cache_dir=tmp_path, threads=1)
+    depth = regressor.predict_window(io['frames01'])
+    assert depth.shape == io['depth'].shape
+    assert (depth - io['depth']).abs().max().item() < 1e-3
