@@ -22,6 +22,10 @@ _MAD_TO_SIGMA = 1.4826
 # Residual MADs are estimated on at most this many pixels (strided): a median over a whole
 # 21 x 480 x 640 overlap costs more than the fit itself and the estimate does not need it.
 _MAD_SAMPLES = 200_000
+# Robust reweighting runs on a strided subsample of at most this many pixels.
+_ROBUST_SAMPLES = 1 << 18
+# Pixels per float64 chunk when summing moments (bounds temporaries to a few MB).
+_CHUNK = 1 << 18
 
 
 @dataclass(frozen=True)
@@ -54,63 +58,103 @@ def _flat(a, name):
         raise InputError(f'{name} must be a numeric array, got {type(a).__name__}') from exc
 
 
-def _weighted_fit(x, y, w, prior=None, symmetric=False):
-    """Solve weighted LS for (scale, shift); return None when degenerate.
+def _dot(a, b):
+    # einsum's own loop, not BLAS: a threaded BLAS dot stalls on a busy robot CPU and the
+    # chunks are small enough that threads buy nothing.
+    return np.einsum('i,i->', a, b)
 
-    ``prior`` = (px, py, pw) small arrays of pseudo-observations added to the data.
-    ``symmetric`` = geometric-mean regression (see :func:`fit_scale_shift`).
+
+def _moments(x, y, w, x0, y0):
+    """Return float64 ``[sw, sx, sy, sxx, sxy, syy]`` of ``(x - x0, y - y0)``, chunk by chunk.
+
+    Chunks keep the float64 temporaries small (a 21 x 480 x 640 overlap is 6.5 M pixels);
+    subtracting a rough mean first keeps the raw moments free of cancellation.
     """
-    sw = float(np.sum(w, dtype=np.float64))
-    if prior is not None:
-        px, py, pw = prior
-        sw_all = sw + float(np.sum(pw))
-    else:
-        sw_all = sw
-    if not sw_all > 0.0 or not np.isfinite(sw_all):
+    acc = np.zeros(6)
+    for i in range(0, x.size, _CHUNK):
+        xc = x[i:i + _CHUNK].astype(np.float64)
+        xc -= x0
+        yc = y[i:i + _CHUNK].astype(np.float64)
+        yc -= y0
+        if w is None:
+            acc += (xc.size, xc.sum(), yc.sum(), _dot(xc, xc), _dot(xc, yc), _dot(yc, yc))
+        else:
+            wc = w[i:i + _CHUNK]
+            wx = wc * xc
+            wy = wc * yc
+            acc += (wc.sum(), wx.sum(), wy.sum(), _dot(wx, xc), _dot(wx, yc), _dot(wy, yc))
+    return acc
+
+
+def _solve(m, extra, symmetric):
+    """Solve for (scale, shift) in the shifted coordinates; None when degenerate.
+
+    ``extra`` = (px, py, pw): pseudo-observations in the same shifted coordinates.
+    """
+    sw, sx, sy, sxx, sxy, syy = (float(v) for v in m)
+    if extra is not None:
+        px, py, pw = extra
+        sw += float(pw.sum())
+        sx += float(pw @ px)
+        sy += float(pw @ py)
+        sxx += float(pw @ (px * px))
+        sxy += float(pw @ (px * py))
+        syy += float(pw @ (py * py))
+    if not (sw > 0.0 and math.isfinite(sw)):
         return None
-    xm = float(np.dot(w, x))
-    ym = float(np.dot(w, y))
-    if prior is not None:
-        xm += float(np.dot(pw, px))
-        ym += float(np.dot(pw, py))
-    xm /= sw_all
-    ym /= sw_all
-    sw = sw_all
-    dx = x - xm
-    sxx = float(np.dot(w, dx * dx))
-    sxy = float(np.dot(w, dx * (y - ym)))
-    if prior is not None:
-        sxx += float(np.dot(pw, (px - xm) ** 2))
-        sxy += float(np.dot(pw, (px - xm) * (py - ym)))
-    # Centred sums: the same solution as the reference normal equations, but a constant x gives
-    # sxx == 0 (up to round-off) instead of a tiny determinant that explodes the scale.
-    if not (np.isfinite(sxx) and np.isfinite(sxy)) or sxx <= 1e-12 * (sw * xm * xm + sxx):
+    xm = sx / sw
+    ym = sy / sw
+    cxx = sxx - sx * xm
+    cxy = sxy - sx * ym
+    cyy = syy - sy * ym
+    # Centred sums give the reference's solution, but a constant x gives cxx == 0 (up to
+    # round-off) instead of a tiny determinant that explodes the scale.
+    if not (math.isfinite(cxx) and math.isfinite(cxy)) or cxx <= 1e-12 * sxx or cxx <= 0.0:
         return None
-    scale = sxy / sxx
-    if symmetric and sxy != 0.0:
-        dy = y - ym
-        syy = float(np.dot(w, dy * dy))
-        if prior is not None:
-            syy += float(np.dot(pw, (py - ym) ** 2))
-        scale = math.copysign(math.sqrt(syy / sxx), sxy)
+    scale = cxy / cxx
+    if symmetric and cxy != 0.0 and cyy > 0.0:
+        scale = math.copysign(math.sqrt(cyy / cxx), cxy)
     shift = ym - scale * xm
-    if not (np.isfinite(scale) and np.isfinite(shift)):
+    if not (math.isfinite(scale) and math.isfinite(shift)):
         return None
     return scale, shift
 
 
-def _residual_rms(x, y, w, scale, shift):
-    sw = float(np.sum(w, dtype=np.float64))
-    if not sw > 0.0:
-        return 0.0
-    r = scale * x + shift - y
-    value = float(np.sqrt(np.dot(w, r * r) / sw))
-    return value if np.isfinite(value) else 0.0
+def _pass(x, y, w, scale, shift, weigh=None):
+    """Return (sum w r^2, sum w, inlier count) of ``r = scale * x + shift - y`` over all pixels.
+
+    ``weigh(|r|) -> (robust weights, inlier mask)`` applies a robust loss (None = plain).
+    """
+    total = np.zeros(3)
+    for i in range(0, x.size, _CHUNK):
+        r = x[i:i + _CHUNK].astype(np.float64)
+        r *= scale
+        r += shift
+        r -= y[i:i + _CHUNK]
+        wc = np.ones(r.size) if w is None else w[i:i + _CHUNK]
+        inl = r.size
+        if weigh is not None:
+            rw, keep = weigh(np.abs(r))
+            wc = wc * rw
+            inl = int(np.count_nonzero(keep))
+        total += (_dot(wc, r * r), wc.sum(), inl)
+    return total
 
 
 def _robust_sigma(r):
     sample = r[:: max(1, r.size // _MAD_SAMPLES)]
     return _MAD_TO_SIGMA * float(np.median(np.abs(sample - np.median(sample))))
+
+
+def _weigher(stage, sigma, cut):
+    """Return ``weigh(|r|) -> (weights, inlier mask)`` for one robust stage."""
+    if stage == 'trim':
+        return lambda a: ((a <= cut).astype(np.float64), a <= cut)
+    if stage == 'huber':
+        k = _HUBER_K * sigma
+        return lambda a: (np.divide(k, a, out=np.ones_like(a), where=a > k), a <= k)
+    c = _TUKEY_C * sigma
+    return lambda a: (np.square(np.clip(1.0 - np.square(a / c), 0.0, None)), a < c)
 
 
 def fit_scale_shift(x, y, mask=None, weights=None, robust=False, iterations=10, trim=0.2,
@@ -129,8 +173,10 @@ def fit_scale_shift(x, y, mask=None, weights=None, robust=False, iterations=10, 
     :param robust: False (plain LS, the reference), True (= ``'huber'``), ``'huber'`` or
         ``'tukey'`` (iteratively reweighted with a MAD noise scale; Tukey starts from the Huber
         solution) or ``'trim'`` (refit on the ``1 - trim`` fraction of smallest residuals), to
-        resist moving objects that disagree between windows.
-    :param iterations: maximum reweighting iterations of the robust fit.
+        resist moving objects that disagree between windows. The reweighting iterations run on
+        a strided subsample of at most 262144 pixels; residual and inlier fraction are then
+        computed over all pixels.
+    :param iterations: maximum reweighting iterations of the robust fit (per stage).
     :param trim: fraction of pixels dropped per iteration by ``'trim'``, in ``[0, 0.9]``.
     :param prior: optional ``(prior_x, prior_y, strength)``: pseudo-observations (short 1-D
         arrays) that pull the fit towards mapping ``prior_x`` onto ``prior_y``; together they
@@ -141,7 +187,7 @@ def fit_scale_shift(x, y, mask=None, weights=None, robust=False, iterations=10, 
         ``var(x) / (var(x) + noise(x))`` when ``x`` is noisy too (regression dilution); chained
         over windows that shrink is a systematic drift. With similar noise in ``x`` and ``y``
         (two model windows) the symmetric fit has no such bias. False = reference.
-    :return: :class:`Alignment`.
+    :return: :class:`Alignment`; ``residual`` is the (robustly weighted) RMS misfit.
     """
     if robust is True:
         robust = 'huber'
@@ -154,44 +200,59 @@ def fit_scale_shift(x, y, mask=None, weights=None, robust=False, iterations=10, 
     if xf.shape != yf.shape:
         raise InputError(f'x and y must have the same number of values, got {np.shape(x)} and '
                          f'{np.shape(y)}')
-    valid = np.isfinite(xf) & np.isfinite(yf)
+    if xf.dtype.kind not in 'fiub' or yf.dtype.kind not in 'fiub':
+        raise InputError(f'x and y must be numeric, got {xf.dtype} and {yf.dtype}')
+    w = None
+    valid = None
     if mask is not None:
         mf = _flat(mask, 'mask')
         if mf.shape != xf.shape:
             raise InputError(f'mask shape {np.shape(mask)} does not match x {np.shape(x)}')
-        valid &= mf.astype(bool)
-    w = None
+        valid = mf.astype(bool)
     if weights is not None:
-        wf = _flat(weights, 'weights').astype(np.float64)
-        if wf.shape != xf.shape:
+        w = _flat(weights, 'weights').astype(np.float64)
+        if w.shape != xf.shape:
             raise InputError(f'weights shape {np.shape(weights)} does not match x {np.shape(x)}')
-        valid &= np.isfinite(wf) & (wf > 0)
-    if not valid.all():
+        ok = np.isfinite(w) & (w > 0)
+        valid = ok if valid is None else valid & ok
+    # One float64 sum per array tells whether any value is NaN/inf without a mask pass.
+    with np.errstate(invalid='ignore', over='ignore'):
+        finite = xf.size == 0 or math.isfinite(float(np.add.reduce(xf, dtype=np.float64))
+                                                + float(np.add.reduce(yf, dtype=np.float64)))
+    if not finite:
+        ok = np.isfinite(xf) & np.isfinite(yf)
+        valid = ok if valid is None else valid & ok
+    if valid is not None and not valid.all():
         xf, yf = xf[valid], yf[valid]
-        if weights is not None:
-            w = wf[valid]
-    elif weights is not None:
-        w = wf
+        w = None if w is None else w[valid]
     n = int(xf.size)
-    xf = xf.astype(np.float64, copy=False)
-    yf = yf.astype(np.float64, copy=False)
-    if w is None:
-        w = np.ones(n)
-    extra = _prior_points(prior, float(np.sum(w)))
-    solved = _weighted_fit(xf, yf, w, extra, symmetric)
+    if n == 0:
+        return Alignment(1.0, 0.0, 0.0, 0, True)
+    step = max(1, n // 1024)
+    x0 = float(np.mean(xf[::step], dtype=np.float64))
+    y0 = float(np.mean(yf[::step], dtype=np.float64))
+    m = _moments(xf, yf, w, x0, y0)
+    extra = _prior_points(prior, float(m[0]), x0, y0)
+    solved = _solve(m, extra, symmetric)
     if solved is None:
-        return Alignment(1.0, 0.0, _residual_rms(xf, yf, w, 1.0, 0.0), n, True)
-    scale, shift = solved
-    inliers = 1.0
+        sse, sw, _ = _pass(xf, yf, w, 1.0, 0.0)
+        return Alignment(1.0, 0.0, _rms(sse, sw), n, True)
+    scale, shift = solved[0], solved[1] + y0 - solved[0] * x0
+    weigh = None
     if robust:
-        scale, shift, inliers, w = _robust_fit(xf, yf, w, scale, shift, robust, iterations, trim,
-                                               extra, symmetric)
-    return Alignment(scale, shift, _residual_rms(xf, yf, w, scale, shift), n, False, False,
-                     inliers)
+        scale, shift, weigh = _robust_fit(xf, yf, w, scale, shift, robust, iterations, trim,
+                                          extra, symmetric, x0, y0)
+    sse, sw, inl = _pass(xf, yf, w, scale, shift, weigh)
+    return Alignment(scale, shift, _rms(sse, sw), n, False, False, float(inl) / n)
 
 
-def _prior_points(prior, data_weight):
-    """Turn ``(prior_x, prior_y, strength)`` into weighted pseudo-observations (or None)."""
+def _rms(sse, sw):
+    value = math.sqrt(sse / sw) if sw > 0 and sse >= 0 else 0.0
+    return value if math.isfinite(value) else 0.0
+
+
+def _prior_points(prior, data_weight, x0, y0):
+    """Turn ``(prior_x, prior_y, strength)`` into shifted weighted pseudo-observations."""
     if prior is None:
         return None
     try:
@@ -210,47 +271,44 @@ def _prior_points(prior, data_weight):
     px, py = px[ok], py[ok]
     # Without data the prior alone must still define the fit: give it unit weight then.
     total = strength * data_weight if data_weight > 0 else 1.0
-    return px, py, np.full(px.shape, total / px.size)
+    return px - x0, py - y0, np.full(px.shape, total / px.size)
 
 
-def _robust_fit(x, y, w0, scale, shift, method, iterations, trim, extra=None, symmetric=False):
-    """Reweight from the LS start; return (scale, shift, inlier fraction, final weights)."""
-    w = w0
-    keep_fraction = 1.0
-    stages = ['huber'] * iterations + (['tukey'] * iterations if method == 'tukey' else [])
-    if method == 'trim':
-        stages = ['trim'] * iterations
+def _robust_fit(x, y, w, scale, shift, method, iterations, trim, extra, symmetric, x0, y0):
+    """Reweight from the LS start on a subsample; return (scale, shift, final weigher)."""
+    step = max(1, -(-x.size // _ROBUST_SAMPLES))
+    xs = x[::step].astype(np.float64) - x0
+    ys = y[::step].astype(np.float64) - y0
+    ws = np.ones(xs.size) if w is None else w[::step]
+    if extra is not None:
+        # The prior's weight was set against the full data: scale it to the subsample.
+        full = x.size if w is None else float(w.sum())
+        extra = (extra[0], extra[1], extra[2] * (float(ws.sum()) / full))
+    b = shift - y0 + scale * x0  # shift in the shifted coordinates
+    stages = ['trim'] if method == 'trim' else ['huber'] + (['tukey'] if method == 'tukey'
+                                                            else [])
+    weigh = None
     for stage in stages:
-        r = scale * x + shift - y
-        if stage == 'trim':
-            if trim == 0.0:
-                break
-            cut = np.quantile(np.abs(r), 1.0 - trim)
-            inl = np.abs(r) <= cut
-            w = w0 * inl
-            keep_fraction = float(inl.mean())
-        else:
-            sigma = _robust_sigma(r)
-            if not sigma > 0.0:
-                break
-            a = np.abs(r) / sigma
-            if stage == 'huber':
-                rw = np.minimum(1.0, _HUBER_K / np.maximum(a, 1e-12))
-                keep_fraction = float(np.mean(a <= _HUBER_K))
+        for _ in range(iterations):
+            r = scale * xs + b - ys
+            if stage == 'trim':
+                if trim == 0.0:
+                    break
+                weigh = _weigher('trim', 0.0, float(np.quantile(np.abs(r), 1.0 - trim)))
             else:
-                rw = np.square(np.clip(1.0 - np.square(a / _TUKEY_C), 0.0, None))
-                keep_fraction = float(np.mean(a < _TUKEY_C))
-            w = w0 * rw
-        solved = _weighted_fit(x, y, w, extra, symmetric)
-        if solved is None:
-            break
-        change = abs(solved[0] - scale) + abs(solved[1] - shift)
-        scale, shift = solved
-        if change < 1e-9 * (1.0 + abs(scale) + abs(shift)):
-            if stage == 'huber' and method == 'tukey':
-                continue
-            break
-    return scale, shift, keep_fraction, w
+                sigma = _robust_sigma(r)
+                if not sigma > 0.0:
+                    break  # (nearly) exact fit: nothing to down-weight
+                weigh = _weigher(stage, sigma, 0.0)
+            rw, _ = weigh(np.abs(r))
+            solved = _solve(_moments(xs, ys, ws * rw, 0.0, 0.0), extra, symmetric)
+            if solved is None:
+                break
+            change = abs(solved[0] - scale) + abs(solved[1] - b)
+            scale, b = solved
+            if change < 1e-9 * (1.0 + abs(scale) + abs(b)):
+                break
+    return scale, b + y0 - scale * x0, weigh
 
 
 def alignment_residual(x, y, alignment):
@@ -309,7 +367,7 @@ def apply_alignment(values, alignment, clamp_negative=True):
     out = np.asarray(values, dtype=np.float32) * np.float32(alignment.scale)
     out += np.float32(alignment.shift)
     if clamp_negative:
-        np.maximum(out, 0.0, out=out, where=~np.isnan(out))
+        np.maximum(out, np.float32(0.0), out=out)  # NaN propagates through maximum
     return out
 
 

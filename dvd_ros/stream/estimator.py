@@ -345,7 +345,7 @@ class StreamingDepth:
         while ro < len(indices) and self._known(indices[ro]):
             ro += 1
         if ro == 0:
-            aligned = raw
+            aligned = apply_alignment(raw, IDENTITY)  # zero negatives as every later window
             fit = IDENTITY
             conf = np.ones(raw.shape[1:], np.float32)
         else:
