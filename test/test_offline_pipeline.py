@@ -195,8 +195,10 @@ def test_max_frames_stitches_the_prefix(tmp_path):
     frames = synthetic_frames(12)
     write_image_bag(tmp_path / 'in', frames)
     report = run_pipeline(open_source(tmp_path / 'in'), StandInRegressor(),
-                          config(tmp_path, ['npz'], max_frames=7))
+                          config(tmp_path, ['npz', 'bag'], max_frames=7))
     assert (report.frames_total, report.frames_written) == (7, 7)
+    _, _, by_topic = read_bag(tmp_path / 'out' / 'bag')
+    assert len(by_topic['/cam/image_raw']) == len(by_topic['/cam/depth/disparity']) == 7
     expected = reference_disparity(frames[:7])
     with np.load(tmp_path / 'out' / 'npz' / '000006.npz') as data:
         np.testing.assert_allclose(data['disparity'], expected[6], rtol=1e-6, atol=1e-6)

@@ -323,8 +323,10 @@ def run_pipeline(source, regressor, config, progress_file=None):
         if results is not None and hasattr(results, 'close'):
             results.close()
         try:
+            # A --max-frames run copies the input bag only up to its last frame, like an
+            # interrupted one.
             with interrupts.critical():
-                _close_all(writers, complete)
+                _close_all(writers, complete and total == len(source))
         finally:
             interrupts.uninstall()
         _final_notes(report, writers)
