@@ -43,7 +43,9 @@ class DepthFrame:
     ``disparity`` is ``(H, W)`` float32 relative disparity >= 0 (larger = nearer, NaN = no
     data) on the stream's common scale; ``confidence`` is ``(H, W)`` float32 in [0, 1];
     ``stamp`` is whatever was pushed with the frame, untouched; ``index`` counts pushed frames
-    from 0 since the last reset; ``window`` is the window that produced the frame.
+    from 0 since the last reset; ``window`` is the window that produced the frame. Both arrays
+    are read-only (frames of one window share them with the estimator's state): copy them
+    before modifying.
     """
 
     stamp: object
@@ -322,7 +324,11 @@ class StreamingDepth:
         if raw.shape != want:
             raise InputError(f'regressor returned shape {raw.shape} for {want[0]} frames of '
                              f'{want[2]}x{want[1]}; predict must return (T, H, W)')
-        return np.where(np.isfinite(raw), raw, np.float32(np.nan))
+        with np.errstate(invalid='ignore', over='ignore'):
+            finite = math.isfinite(float(np.add.reduce(raw, axis=None, dtype=np.float64)))
+        if not finite:
+            raw = np.where(np.isinf(raw), np.float32(np.nan), raw)  # inf is no data, too
+        return raw
 
     def _run(self, size, final):
         """Run the window made of the last ``size`` buffered frames; return emitted frames."""
@@ -380,7 +386,13 @@ class StreamingDepth:
 
     def _final(self, stamp, disparity, conf, index, k):
         disparity = np.ascontiguousarray(disparity, dtype=np.float32)
-        confidence = np.where(np.isnan(disparity), np.float32(0), conf).astype(np.float32)
+        # Read-only: the same array is the alignment reference of the next window.
+        disparity.flags.writeable = False
+        if np.isnan(disparity).any():
+            confidence = np.where(np.isnan(disparity), np.float32(0), conf)
+        else:
+            confidence = conf
+        confidence.flags.writeable = False
         self._published.append((index, disparity))
         self._counts['emitted'] += 1
         return DepthFrame(stamp, disparity, confidence, index, k)
