@@ -3,6 +3,7 @@
 Run from the repository root::
 
     PYTHONPATH=. python benchmarks/bench_align.py [--overlap 21 --width 640 --height 480]
+        [--drift 320]
 
 Prints milliseconds per window for each fit variant (same machine, same run).
 """
@@ -19,6 +20,67 @@ from dvd_ros.stream.align import (
     disagreement_confidence,
     fit_scale_shift,
 )
+from dvd_ros.stream.estimator import StreamingDepth
+
+
+class ConstantRegressor:
+    """Return a fixed window of disparity at once, so only the streaming overhead is timed."""
+
+    def __init__(self, window, height, width):
+        rng = np.random.default_rng(1)
+        self.out = rng.uniform(0.0, 1.0, (window, height, width)).astype(np.float32)
+
+    def predict(self, frames):
+        """Return the first ``len(frames)`` frames of the fixed output."""
+        return self.out[: len(frames)]
+
+
+class Oracle:
+    """Ground truth under a random affine per window, a smooth per-window bias and noise."""
+
+    def __init__(self, seed, noise, bias, height=12, width=16):
+        self.rng = np.random.default_rng(seed)
+        self.noise, self.bias = noise, bias
+        self.yy, self.xx = np.mgrid[0:height, 0:width].astype(np.float32)
+
+    def truth(self, t):
+        """Return the ground-truth disparity of frame ``t``."""
+        g = 0.35 + 0.25 * np.sin(0.4 * self.xx + 0.3 * self.yy + 0.05 * t)
+        g += 0.1 * np.cos(0.2 * self.yy - 0.03 * t)
+        cx = 8 + 6 * np.sin(0.02 * t)
+        return g + 0.3 * np.exp(-((self.xx - cx) ** 2 + (self.yy - 6) ** 2) / 8)
+
+    def predict(self, frames):
+        """Return the distorted truth for the frames (indices encoded in pixel (0, 0))."""
+        idx = frames[:, 0, 0, 0].astype(int) + 256 * frames[:, 0, 0, 1].astype(int)
+        a, c = self.rng.uniform(0.85, 1.15), self.rng.uniform(-0.05, 0.05)
+        k = self.rng.uniform(0.1, 0.5, 2)
+        field = self.bias * np.sin(self.rng.uniform(0, 6) + k[0] * self.xx + k[1] * self.yy)
+        out = np.stack([a * (self.truth(i) + field) + c for i in idx])
+        return (out + self.noise * self.rng.standard_normal(out.shape)).astype(np.float32)
+
+
+def drift(n, seed, noise, bias, **kw):
+    """Stream n oracle frames; return the drift of the output against the truth.
+
+    Drift = max over windows of |per-window affine map truth->output - the first window's map|
+    over the truth's range, relative to the output range (0 = none).
+    """
+    oracle = Oracle(seed, noise, bias)
+    sd = StreamingDepth(oracle, 13, 4, **kw)
+    out = []
+    for i in range(n):
+        f = np.zeros((12, 16, 3), np.uint8)
+        f[0, 0, 0], f[0, 0, 1] = i % 256, i // 256
+        out += sd.push(f, i)
+    out += sd.flush()
+    g = np.stack([oracle.truth(f.index) for f in out]).astype(np.float64)
+    o = np.stack([f.disparity for f in out]).astype(np.float64)
+    wins = np.array([f.window for f in out])
+    maps = [np.polyfit(g[wins == k].ravel(), o[wins == k].ravel(), 1) for k in np.unique(wins)]
+    grid = np.linspace(g.min(), g.max(), 11)
+    first = np.polyval(maps[0], grid)
+    return max(np.abs(np.polyval(m, grid) - first).max() for m in maps) / np.ptp(first)
 
 
 def timed(fn, repeat):
@@ -38,6 +100,8 @@ def main():
     parser.add_argument('--width', type=int, default=640)
     parser.add_argument('--height', type=int, default=480)
     parser.add_argument('--repeat', type=int, default=5)
+    parser.add_argument('--drift', type=int, default=0, metavar='FRAMES',
+                        help='also measure drift on oracle streams of this many frames')
     args = parser.parse_args()
     rng = np.random.default_rng(0)
     shape = (args.overlap, args.height, args.width)
@@ -62,6 +126,31 @@ def main():
     print(f'  cross-fade the overlap                      {ms:8.1f} ms')
     ms = timed(lambda: disagreement_confidence(y, x), args.repeat)
     print(f'  confidence map from the overlap             {ms:8.1f} ms')
+
+    for policy in ('immediate', 'blend'):
+        hop = args.window - args.overlap
+        sd = StreamingDepth(ConstantRegressor(args.window, args.height, args.width),
+                            args.window, args.overlap, policy=policy)
+        frame = np.zeros((args.height, args.width, 3), np.uint8)
+        for i in range(args.window):
+            sd.push(frame, i)
+        t0 = time.perf_counter()
+        for i in range(3 * hop):
+            sd.push(frame, i)
+        ms = (time.perf_counter() - t0) / 3 * 1e3
+        print(f'  StreamingDepth overhead per window ({policy:9s})  {ms:8.1f} ms '
+              f'(model excluded; {hop} new frames)')
+
+    if args.drift:
+        print(f'drift on oracle streams of {args.drift} frames (window 13, overlap 4; mean and '
+              'max over 3 seeds)')
+        for noise, bias in ((0.01, 0.01), (0.02, 0.02)):
+            for label, kw in (('reference OLS', {'symmetric': False}),
+                              ('symmetric (default)', {}),
+                              ('symmetric + prior 0.01', {'drift_strength': 0.01})):
+                d = [drift(args.drift, seed, noise, bias, **kw) for seed in range(3)]
+                print(f'  noise {noise} bias {bias}  {label:24s} mean {np.mean(d):.3f} '
+                      f'max {np.max(d):.3f}')
 
 
 if __name__ == '__main__':
