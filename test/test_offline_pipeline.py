@@ -191,6 +191,28 @@ def test_video_round_trip(tmp_path):
     assert len(read_ply(tmp_path / 'out' / 'fused.ply')[0]) == fused_count
 
 
+@pytest.mark.parametrize('case', ['uncalibrated', 'other_size'])
+def test_camera_info_fallbacks(tmp_path, case):
+    """The output CameraInfo describes the intrinsics actually used for the points."""
+    frames = synthetic_frames(3)
+    if case == 'uncalibrated':  # all-zero K: --hfov 90 over 32 px gives f = 16
+        write_image_bag(tmp_path / 'in', frames, k=[0.0] * 9)
+        expected_k = [16.0, 0, 15.5, 0, 16.0, 11.5, 0, 0, 1]
+    else:  # CameraInfo of a 64x48 stream, images 32x24: K halved (pixel-centre convention)
+        write_image_bag(tmp_path / 'in', frames, k=[40.0, 0, 31.5, 0, 40.0, 23.5, 0, 0, 1],
+                        info_size=(64, 48))
+        expected_k = [20.0, 0, 15.5, 0, 20.0, 11.5, 0, 0, 1]
+    report = run_pipeline(open_source(tmp_path / 'in'), StandInRegressor(),
+                          config(tmp_path, ['bag'], metric=METRIC, hfov_deg=90.0))
+    _, _, by_topic = read_bag(tmp_path / 'out' / 'bag')
+    assert len(by_topic['/cam/depth/camera_info']) == 3
+    for _, msg in by_topic['/cam/depth/camera_info']:
+        np.testing.assert_allclose(msg.k, expected_k)
+        assert (msg.width, msg.height) == (32, 24)
+    unusable = [n for n in report.notes if 'CameraInfo unusable' in n and '--hfov' in n]
+    assert bool(unusable) == (case == 'uncalibrated')
+
+
 def test_max_frames_stitches_the_prefix(tmp_path):
     frames = synthetic_frames(12)
     write_image_bag(tmp_path / 'in', frames)

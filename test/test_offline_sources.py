@@ -94,7 +94,7 @@ def camera_info_msg(stamp_ns, width, height, k=K):
 
 def write_image_bag(path, frames, storage='mcap', topic='/cam/image_raw', encoding='rgb8',
                     camera_info=True, compressed=None, extra_image_topics=(),
-                    period_ns=33_000_000):
+                    period_ns=33_000_000, k=K, info_size=None):
     """Write a rosbag2 with `frames` on `topic` (+ CameraInfo and a /chatter String topic).
 
     :return: (header stamps, log times) of the image messages
@@ -103,7 +103,7 @@ def write_image_bag(path, frames, storage='mcap', topic='/cam/image_raw', encodi
 
     plugin = {'mcap': StoragePlugin.MCAP, 'sqlite3': StoragePlugin.SQLITE3}[storage]
     msgtype = 'sensor_msgs/msg/CompressedImage' if compressed else 'sensor_msgs/msg/Image'
-    ns = sources._namespace(topic)
+    ns = sources.image_namespace(topic)
     stamps, logs = [], []
     with Writer(path, version=9, storage_plugin=plugin) as writer:
         image_conn = writer.add_connection(topic, msgtype, typestore=TS)
@@ -116,7 +116,7 @@ def write_image_bag(path, frames, storage='mcap', topic='/cam/image_raw', encodi
         for i, rgb in enumerate(frames):
             stamp, log = STAMP0 + i * period_ns, LOG0 + i * period_ns
             if info_conn is not None:
-                info = camera_info_msg(stamp, w, h)
+                info = camera_info_msg(stamp, *(info_size or (w, h)), k)
                 writer.write(info_conn, log - 1000,
                              TS.serialize_cdr(info, 'sensor_msgs/msg/CameraInfo'))
             msg = (compressed_msg(rgb, stamp, compressed) if compressed

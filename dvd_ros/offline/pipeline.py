@@ -7,7 +7,7 @@ by one window and an interrupted run keeps every finished frame in valid files.
 """
 
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from itertools import islice
 import math
 from pathlib import Path
@@ -19,7 +19,7 @@ import numpy as np
 
 from dvd_ros.errors import InputError
 from dvd_ros.offline import writers as out
-from dvd_ros.offline.sources import _namespace
+from dvd_ros.offline.sources import image_namespace
 
 DEFAULT_HFOV_DEG = 60.0
 
@@ -158,7 +158,7 @@ def _make_writers(config, source, metric):
                 is_bag = getattr(source, 'kind', '') == 'bag'
                 namespace = config.depth_namespace
                 if namespace is None:
-                    namespace = _namespace(source.topic) if is_bag else '/camera'
+                    namespace = image_namespace(source.topic) if is_bag else '/camera'
                 writers[kind] = out.BagWriter(
                     root / 'bag', storage=source.storage if is_bag else 'mcap',
                     namespace=namespace, source_bag=source.path if is_bag else None,
@@ -187,23 +187,30 @@ class _Geometry:
     def __init__(self, hfov_deg, notes):
         self.hfov_deg = hfov_deg
         self.notes = notes
-        self._key = None
+        self._info = None
+        self._size = None
         self._value = None
 
     def intrinsics(self, frame, width, height):
+        """Return the intrinsics of `frame` at `width` x `height` and whether they are its own.
+
+        :return: (`PinholeIntrinsics`, True when the frame's CameraInfo describes them as is:
+            usable K at the same size)
+        """
         from dvd_ros.geometry import PinholeIntrinsics
 
         info = frame.camera_info
-        key = (id(info), width, height)
-        if key == self._key:
+        # The CameraInfo object itself is the cache key (an id() could be reused).
+        if self._value is not None and info is self._info and self._size == (width, height):
             return self._value
-        value = None
+        value, as_is = None, False
         if info is not None:
             try:
                 value = PinholeIntrinsics.from_K(np.asarray(info.k, np.float64),
                                                  int(info.width) or width,
                                                  int(info.height) or height)
-                if (value.width, value.height) != (width, height):
+                as_is = (value.width, value.height) == (width, height)
+                if not as_is:
                     value = value.scaled(width, height)
             except InputError as exc:
                 note = (f'CameraInfo unusable ({exc}); using a {self.hfov_deg} deg horizontal '
@@ -212,18 +219,18 @@ class _Geometry:
                     self.notes.append(note)
         if value is None:
             value = PinholeIntrinsics.from_fov(width, height, self.hfov_deg)
-        self._key, self._value = key, value
-        return value
+        self._info, self._size, self._value = info, (width, height), (value, as_is)
+        return value, as_is
 
 
-def _stitched_offline(regressor, frames, total, config, report):
+def _stitched_offline(regressor, frames, total, config):
     """Yield (index, disparity (H, W) float32) of the reference non-causal stitching."""
     from dvd_ros.stream.estimator import run_offline
 
     yield from run_offline(regressor, frames, config.window, config.overlap, total=total)
 
 
-def _stitched_causal(regressor, frames, config, report, stats_out):
+def _stitched_causal(regressor, frames, config, stats_out):
     """Yield (index, disparity) of what the streaming node would publish for these frames."""
     from dvd_ros.stream.estimator import StreamingDepth
 
@@ -276,9 +283,7 @@ def run_pipeline(source, regressor, config, progress_file=None):
                 close()
 
     writers = _make_writers(config, source, metric)
-    report.paths = {kind: str(getattr(w, 'path', None) or getattr(w, 'dir', None)
-                              or getattr(w, 'disparity_dir', ''))
-                    for kind, w in writers.items()}
+    report.paths = {kind: str(writer.path) for kind, writer in writers.items()}
     interrupts = _Interrupts()
     bar = tqdm(total=total, unit='frame', desc='depth', disable=not config.progress,
                file=progress_file, dynamic_ncols=True)
@@ -290,10 +295,10 @@ def run_pipeline(source, regressor, config, progress_file=None):
     try:
         if config.causal:
             results = _stitched_causal(_CountingRegressor(regressor, report), frames(), config,
-                                       report, streaming)
+                                       streaming)
         else:
             results = _stitched_offline(_CountingRegressor(regressor, report), frames(), total,
-                                        config, report)
+                                        config)
         for index, disparity in results:
             frame = pending.pop(index)
             # Frames the causal estimator dropped never come back; forget them.
@@ -355,7 +360,10 @@ def _result(frame, disparity, config, geometry, needs_k, needs_points):
     h, w = disparity.shape
     depth = points = point_rgb = intrinsics = None
     if needs_k:
-        intrinsics = geometry.intrinsics(frame, w, h)
+        intrinsics, as_is = geometry.intrinsics(frame, w, h)
+        if frame.camera_info is not None and not as_is:
+            # The output CameraInfo must describe the intrinsics actually used.
+            frame = replace(frame, camera_info=None)
     if config.metric is not None:
         a, b = config.metric
         depth = disparity_to_depth(disparity, a, b, config.max_depth)

@@ -279,7 +279,7 @@ class FolderSource:
                               None, stamp)
 
 
-def _namespace(topic):
+def image_namespace(topic):
     """Return the namespace of an image topic: `/cam/image_raw[/compressed]` -> `/cam`."""
     parts = topic.rstrip('/').split('/')
     if parts[-1] in ('compressed', 'compressedDepth', 'theora', 'zstd') and len(parts) > 2:
@@ -410,7 +410,7 @@ class BagSource:
             self.image_connections = [c for c in reader.connections if c.topic == topic]
             self.count = sum(c.msgcount for c in self.image_connections)
             if camera_info_topic is None:
-                guess = f'{_namespace(topic)}/camera_info'
+                guess = f'{image_namespace(topic)}/camera_info'
                 camera_info_topic = guess if topics.get(guess) == CAMERA_INFO_TYPE else None
             elif topics.get(camera_info_topic) != CAMERA_INFO_TYPE:
                 infos = sorted(t for t, m in topics.items() if m == CAMERA_INFO_TYPE)

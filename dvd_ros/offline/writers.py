@@ -124,6 +124,7 @@ class Png16Writer:
         self.disparity_dir = _fresh_path(out_dir / 'disparity', overwrite)
         self.depth_dir = _fresh_path(out_dir / 'depth', overwrite)
         self.disparity_dir.mkdir(parents=True)
+        self.path = self.disparity_dir
         self._depth_made = False
         self.count = 0
         self.saturated = {'disparity': 0, 'depth': 0}
@@ -163,7 +164,7 @@ class NpzWriter:
     """One `npz/NNNNNN.npz` per frame: disparity, depth (if metric), stamp_ns, frame_id, K."""
 
     def __init__(self, out_dir, overwrite=False):
-        self.dir = _fresh_path(Path(out_dir) / 'npz', overwrite)
+        self.dir = self.path = _fresh_path(Path(out_dir) / 'npz', overwrite)
         self.dir.mkdir(parents=True)
         self.count = 0
 
@@ -272,7 +273,7 @@ class PlyWriter:
     """One `ply/NNNNNN.ply` per frame (camera optical frame, metres, valid points only)."""
 
     def __init__(self, out_dir, overwrite=False):
-        self.dir = _fresh_path(Path(out_dir) / 'ply', overwrite)
+        self.dir = self.path = _fresh_path(Path(out_dir) / 'ply', overwrite)
         self.dir.mkdir(parents=True)
         self.count = 0
 
