@@ -335,6 +335,9 @@ def run_pipeline(source, regressor, config, progress_file=None):
         finally:
             interrupts.uninstall()
         _final_notes(report, writers)
+        if streaming and streaming[0].stats.dropped:
+            reasons = ', '.join(f'{k}: {v}' for k, v in streaming[0].stats.dropped.items())
+            report.notes.append(f'the causal estimator dropped frames ({reasons})')
     return report
 
 
