@@ -213,6 +213,18 @@ def test_camera_info_fallbacks(tmp_path, case):
     assert bool(unusable) == (case == 'uncalibrated')
 
 
+def test_progress_bar_shows_rate_and_eta(tmp_path):
+    import io
+
+    stream = io.StringIO()
+    folder = write_folder(tmp_path / 'imgs', synthetic_frames(6))
+    run_pipeline(open_source(folder), StandInRegressor(),
+                 config(tmp_path, ['npz'], progress=True), progress_file=stream)
+    text = stream.getvalue()
+    assert '6/6' in text and 'frame/s' in text
+    assert re.search(r'\[\d\d:\d\d<\d\d:\d\d', text)  # elapsed < remaining (ETA)
+
+
 def test_max_frames_stitches_the_prefix(tmp_path):
     frames = synthetic_frames(12)
     write_image_bag(tmp_path / 'in', frames)
