@@ -56,12 +56,11 @@ def build_regressor(params):
     if params.backend == STAND_IN_BACKEND:
         from dvd_ros.ros.stand_in import StandInRegressor
         return StandInRegressor(delay=params.stand_in_delay)
-    import torch
-
     from dvd_ros.model.regressor import DepthRegressor
     return DepthRegressor.from_pretrained(
-        params.weights or None, device=params.device, dtype=getattr(torch, params.dtype),
-        height=params.model_height, width=params.model_width, backend=params.backend)
+        params.weights or None, device=params.device, dtype=params.dtype,
+        height=params.model_height or None, width=params.model_width or None,
+        backend=params.backend)
 
 
 class DepthNode(Node):

@@ -109,9 +109,11 @@ DEPTH_PARAMETERS = (
        choices=tuple(BACKENDS) + (STAND_IN_BACKEND,)),
     _p('device', 'cpu', 'torch device, e.g. cpu or cuda:0'),
     _p('dtype', 'float32', 'model compute dtype', choices=DTYPES),
-    _p('model_height', 480, 'height the model runs at (frames are resized to it and back)',
-       range=(16, 2048, 16), unit='px'),
-    _p('model_width', 640, 'width the model runs at', range=(16, 4096, 16), unit='px'),
+    _p('model_height', 0, 'processing height target of the model (frames are resized to '
+       'cover it, aspect kept, and back); 0 = what the weights recommend (480 for DVD)',
+       range=(0, 2048, 16), unit='px'),
+    _p('model_width', 0, 'processing width target; 0 = what the weights recommend (640 for '
+       'DVD)', range=(0, 4096, 16), unit='px'),
     _p('stand_in_delay', 0.0, 'stand-in backend only: seconds each window takes, to '
        'simulate a slow model', range=(0.0, 60.0), unit='s'),
     # Streaming

@@ -1,0 +1,52 @@
+"""The synthetic camera node publishes image, camera_info and ground truth with one header."""
+
+import numpy as np
+import pytest
+
+pytest.importorskip('rclpy')
+from rclpy.node import Node  # noqa: E402
+from rclpy.qos import qos_profile_sensor_data  # noqa: E402
+from ros_harness import Spinner, make_context, overrides, wait_for  # noqa: E402
+from sensor_msgs.msg import CameraInfo, Image  # noqa: E402
+
+from dvd_ros.errors import InputError  # noqa: E402
+from dvd_ros.ros import messages  # noqa: E402
+from dvd_ros.ros.synthetic_camera import SyntheticCamera  # noqa: E402
+
+
+@pytest.fixture(scope='module')
+def context():
+    ctx = make_context()
+    yield ctx
+    ctx.try_shutdown()
+
+
+def test_publishes_matching_image_info_and_truth(context):
+    camera = SyntheticCamera(namespace='/syn', context=context, parameter_overrides=overrides(
+        width=32, height=24, num_frames=3, rate=50.0, upscale=2, frame_id='opt'))
+    sink = Node('sink', namespace='/syn', context=context)
+    got = {'image': [], 'camera_info': [], 'ground_truth/depth': []}
+    for topic, kind in (('image', Image), ('camera_info', CameraInfo),
+                        ('ground_truth/depth', Image)):
+        sink.create_subscription(kind, topic, got[topic].append, qos_profile_sensor_data)
+    spinner = Spinner(context, camera, sink)
+    try:
+        assert wait_for(lambda: all(len(v) >= 5 for v in got.values()), timeout=10)
+    finally:
+        spinner.stop()
+        camera.destroy_node()
+        sink.destroy_node()
+    image, info, truth = (got[k][2] for k in ('image', 'camera_info', 'ground_truth/depth'))
+    stamps = {k: {(m.header.stamp.sec, m.header.stamp.nanosec) for m in v}
+              for k, v in got.items()}
+    assert stamps['image'] & stamps['camera_info'] & stamps['ground_truth/depth']
+    assert (image.encoding, image.width, image.height) == ('rgb8', 64, 48)
+    assert image.header.frame_id == 'opt'
+    assert (info.width, info.height) == (64, 48) and info.k[0] > 0
+    depth = messages.image_to_depth(truth)
+    assert depth.shape == (48, 64) and np.nanmin(depth) > 0
+
+
+def test_missing_video_is_a_clear_error(context):
+    with pytest.raises(InputError, match='cannot open video'):
+        SyntheticCamera(context=context, parameter_overrides=overrides(source='/nope.mp4'))
