@@ -60,4 +60,7 @@ def main(argv=None):
 
 
 if __name__ == '__main__':
-    sys.exit(main())
+    # Under `python -m` this file runs as __main__, whose CliError is not the class the
+    # subcommands import; dispatch through the package module so their errors are caught.
+    from dvd_ros.cli.main import main as package_main
+    sys.exit(package_main())
