@@ -410,11 +410,15 @@ def disagreement_confidence(old, new, tau=0.05):
     :param tau: disagreement (disparity units) at which confidence falls to ``1/e``.
     :return: ``(H, W)`` float32 in ``[0, 1]``.
     """
-    diff = np.abs(np.asarray(new, np.float32) - np.asarray(old, np.float32))
-    finite = np.isfinite(diff)
-    count = finite.sum(axis=0)
-    total = np.where(finite, diff, 0.0).sum(axis=0)
-    err = np.divide(total, count, out=np.zeros(total.shape, np.float32), where=count > 0)
+    diff = np.asarray(new, np.float32) - np.asarray(old, np.float32)
+    np.abs(diff, out=diff)
+    if math.isfinite(float(np.add.reduce(diff, axis=None, dtype=np.float64))):
+        err = diff.mean(axis=0, dtype=np.float32)
+    else:
+        finite = np.isfinite(diff)
+        count = finite.sum(axis=0)
+        total = np.where(finite, diff, np.float32(0)).sum(axis=0)
+        err = np.divide(total, count, out=np.zeros(total.shape, np.float32), where=count > 0)
     return np.exp(-err / np.float32(tau)).astype(np.float32)
 
 

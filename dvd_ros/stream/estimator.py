@@ -238,7 +238,8 @@ class StreamingDepth:
             out = self.flush()
             self._counts['restarts'] += 1
         self._shape = frame.shape[:2]
-        self._frames.append((frame, stamp, self._next_index))
+        self._store(frame)
+        self._frames.append((None, stamp, self._next_index))
         self._next_index += 1
         self._new += 1
         if self._new >= (self.window if self._k == 0 else self.hop):
@@ -283,7 +284,10 @@ class StreamingDepth:
         self._next_index = 0
         self._k = 0  # next window number
         self._new = 0  # frames pushed since the last window
-        self._frames = deque(maxlen=self.window)  # (rgb, stamp, index)
+        self._frames = deque(maxlen=self.window)  # (unused, stamp, index) of the ring's frames
+        # Every frame is written twice, at j % W and j % W + W, so the last <= W frames are
+        # always one contiguous slice: the window goes to the model without a 75 MB stack.
+        self._ring = None
         keep = self.window - 1 if self.flush_mode == 'reanchor' else self.overlap
         self._published = deque(maxlen=max(keep, 1))  # (index, disparity) final values
         self._held = []  # blend: [index, stamp, disparity] not yet final
@@ -314,8 +318,23 @@ class StreamingDepth:
         return any(h[0] == index for h in self._held) or any(p[0] == index
                                                             for p in self._published)
 
+    def _store(self, frame):
+        w = self.window
+        if self._ring is None or self._ring.shape[1:] != frame.shape:
+            self._ring = np.empty((2 * w,) + frame.shape, np.uint8)
+        slot = self._next_index % w
+        self._ring[slot] = frame
+        self._ring[slot + w] = frame
+
+    def _batch(self, size):
+        """Return the last ``size`` frames as a read-only ``(size, H, W, 3)`` view."""
+        start = (self._next_index - size) % self.window
+        view = self._ring[start:start + size]
+        view.flags.writeable = False
+        return view
+
     def _predict(self, frames):
-        batch = np.stack([f[0] for f in frames])
+        batch = self._batch(len(frames))
         t0 = self._clock()
         raw = self.regressor.predict(batch)
         self._last['last_model_seconds'] = float(self._clock() - t0)
