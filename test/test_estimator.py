@@ -359,3 +359,40 @@ def test_offline_stitcher_bounds_memory_and_rejects_extra_windows():
         st.add(np.zeros((81, 2, 2)))
     with pytest.raises(InputError, match='total='):
         list(run_offline(Oracle(), iter([]), 13, 4))
+
+
+@pytest.mark.parametrize('policy', ['immediate', 'blend'])
+@pytest.mark.parametrize('window, overlap', [(9, 6), (5, 0), (1, 0), (2, 1)])
+def test_any_window_and_overlap_emits_every_frame(policy, window, overlap):
+    sd = StreamingDepth(Oracle(15), window, overlap, policy=policy)
+    out = stream(sd, 50)
+    assert [f.index for f in out] == list(range(50))
+    assert sd.stats.pending == 0
+    expected = window - 1 + (min(overlap, window - overlap) if policy == 'blend' else 0)
+    assert sd.latency_frames == expected
+
+
+def test_blend_flush_keeps_the_window_confidence():
+    sd = StreamingDepth(Oracle(16), 13, 4, policy='blend')
+    out = stream(sd, 13 + 9)  # flush releases the held frames of the last window
+    held = out[-4:]
+    assert all(f.window == 1 for f in held)
+    assert held[0].confidence is out[-5].confidence
+    assert held[0].confidence.min() < 1.0
+
+
+def test_model_error_during_resize_restart_is_counted():
+    class FailOnFlush(Oracle):
+        def predict(self, frames):
+            if len(frames) < 13:
+                raise RuntimeError('boom')
+            return super().predict(frames)
+
+    sd = StreamingDepth(FailOnFlush(17), 13, 4, flush_mode='pad')
+    for i in range(15):
+        sd.push(frame(i), i)
+    with pytest.raises(RuntimeError):
+        sd.push(np.zeros((H + 2, W, 3), np.uint8), 'big')
+    st = sd.stats
+    assert st.pushed == 16 and st.emitted == 13 and st.dropped == {'model_error': 3}
+    assert st.pending == 0

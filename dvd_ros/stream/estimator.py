@@ -128,9 +128,10 @@ class StreamingDepth:
     Policies: ``'immediate'`` emits a window's new frames as soon as it has run (latency: the
     window's frames plus compute); ``'blend'`` holds back the last ``overlap`` frames of each
     window until the next window has run and cross-fades them with it (the reference's linear
-    ramp, no seam; ``overlap`` frames more latency). With ``policy='blend'`` and the same
-    inputs, ``symmetric=False``, ``drift_strength=0`` and a stream of ``window + k * S`` frames,
-    the emitted values equal ``stitch_offline`` over the causal windows.
+    ramp, no seam; ``min(overlap, S)`` frames more latency). With ``policy='blend'``, the same
+    inputs, ``overlap <= S``, ``symmetric=False``, ``drift_strength=0`` and a stream of
+    ``window + k * S`` frames, the emitted values equal ``stitch_offline`` over the causal
+    windows (with ``overlap > S`` the reference would rewrite frames already emitted).
 
     Drift: every window is aligned to the previous one, so errors chain (spec 2.2). Two
     controls: (1) ``symmetric=True`` (default) fits the scale by geometric-mean regression:
@@ -214,7 +215,7 @@ class StreamingDepth:
     @property
     def latency_frames(self):
         """Return how many frames after a frame arrives it is emitted at most (excl. compute)."""
-        return self.window - 1 + (self.overlap if self.policy == 'blend' else 0)
+        return self.window - 1 + (min(self.overlap, self.hop) if self.policy == 'blend' else 0)
 
     def push(self, frame, stamp=None):
         """Add one frame; return the frames that became final (possibly none).
@@ -235,7 +236,11 @@ class StreamingDepth:
                 raise InputError(f'frame is {frame.shape[1]}x{frame.shape[0]} but the stream is '
                                  f'{self._shape[1]}x{self._shape[0]} (WxH); call reset() or use '
                                  "on_resize='restart'")
-            out = self.flush()
+            try:
+                out = self.flush()
+            except Exception:
+                self._drop('model_error')  # this frame never reached a stream
+                raise
             self._counts['restarts'] += 1
         self._shape = frame.shape[:2]
         self._store(frame)
@@ -290,7 +295,7 @@ class StreamingDepth:
         self._ring = None
         keep = self.window - 1 if self.flush_mode == 'reanchor' else self.overlap
         self._published = deque(maxlen=max(keep, 1))  # (index, disparity) final values
-        self._held = []  # blend: [index, stamp, disparity] not yet final
+        self._held = []  # blend: [index, stamp, disparity, confidence] not yet final
         self._drift_ref = None  # running mean of aligned windows' (p2, p98)
         self._drift_count = 0
 
@@ -400,7 +405,7 @@ class StreamingDepth:
         for j in new[: len(new) - hold]:
             out.append(self._final(frames[j][1], aligned[j], conf, indices[j], k))
         for j in new[len(new) - hold:]:
-            self._held.append([indices[j], frames[j][1], aligned[j]])
+            self._held.append([indices[j], frames[j][1], aligned[j], conf])
         return out
 
     def _final(self, stamp, disparity, conf, index, k):
@@ -418,9 +423,8 @@ class StreamingDepth:
 
     def _release_held(self):
         out = []
-        for index, stamp, disparity in self._held:
-            out.append(self._final(stamp, disparity, np.ones(disparity.shape, np.float32), index,
-                                   self._k - 1))
+        for index, stamp, disparity, conf in self._held:
+            out.append(self._final(stamp, disparity, conf, index, self._k - 1))
         self._held = []
         return out
 
