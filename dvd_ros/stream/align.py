@@ -131,6 +131,9 @@ def _pass(x, y, w, scale, shift, weigh=None):
         r *= scale
         r += shift
         r -= y[i:i + _CHUNK]
+        if w is None and weigh is None:
+            total += (_dot(r, r), r.size, r.size)
+            continue
         wc = np.ones(r.size) if w is None else w[i:i + _CHUNK]
         inl = r.size
         if weigh is not None:
