@@ -76,10 +76,11 @@ def run_config(name, node_args, seconds, rate, delay):
                                 stdout=subprocess.PIPE, text=True)
         listener = subprocess.Popen([py, str(REPO / 'test' / 'ros_listener.py'), str(seconds)],
                                     cwd=REPO, env=env, stdout=subprocess.PIPE, text=True)
-        time.sleep(min(3.0, seconds / 3))
-        rss_start = _rss_mb(node.pid)
-        listener_out, _ = listener.communicate(timeout=seconds + 60)
-        rss_end = _rss_mb(node.pid)
+        rss = []
+        while listener.poll() is None:
+            rss.append(_rss_mb(node.pid))
+            time.sleep(1.0)
+        listener_out, _ = listener.communicate()
         diag_out, _ = diag.communicate(timeout=30)
     finally:
         for proc in (camera, node):
@@ -99,7 +100,9 @@ def run_config(name, node_args, seconds, rate, delay):
         'latency ms max': f'{lat[-1]:.0f}' if lat else '-',
         'dropped': stats.get('frames dropped', '?'),
         'model ms/window': stats.get('model time per window mean (ms)', '?'),
-        'node RSS MB start -> end': f'{rss_start:.0f} -> {rss_end:.0f}',
+        # Resident memory of the node process at 1/4, 1/2, 3/4 and the end of the run.
+        'node RSS MB (1/4, 1/2, 3/4, end)': ', '.join(
+            f'{rss[min(len(rss) - 1, len(rss) * k // 4)]:.0f}' for k in (1, 2, 3, 4)),
     }
     return row
 

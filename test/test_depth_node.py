@@ -2,6 +2,9 @@
 
 import math
 import os
+from pathlib import Path
+import subprocess
+import sys
 import time
 
 import numpy as np
@@ -12,6 +15,7 @@ from ros_harness import (  # noqa: E402
     Probe,
     Spinner,
     camera_info,
+    domain_id,
     frame,
     header,
     image_msg,
@@ -28,6 +32,7 @@ from dvd_ros.ros.depth_node import DepthNode  # noqa: E402
 from dvd_ros.ros.stand_in import StandInRegressor, disparity_of  # noqa: E402
 
 WINDOW, OVERLAP = 5, 2
+REPO = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(scope='module')
@@ -53,10 +58,13 @@ class Rig:
     """A depth node + probe pair spinning in the background."""
 
     def __init__(self, context, regressor=None, namespace='', warm_info=True, **params):
+        """Start a node (``regressor`` None and backend not stand-in: built from params)."""
         base = {'window': WINDOW, 'overlap': OVERLAP, 'backend': 'stand-in',
                 'diagnostics_period': 0.2}
         base.update(params)
-        self.node = DepthNode(regressor or StandInRegressor(), namespace=namespace,
+        if regressor is None and base['backend'] == 'stand-in':
+            regressor = StandInRegressor()
+        self.node = DepthNode(regressor, namespace=namespace,
                               context=context, parameter_overrides=overrides(**base))
         self.logger = FakeLogger(self.node.get_logger())
         self.node.get_logger = lambda: self.logger
@@ -476,3 +484,34 @@ def test_overload_drops_oldest_and_stays_bounded(rig_factory):
     assert stats.latency_s.max < bound, (stats.latency_s.max, bound)
     growth = rss[-1] - rss[len(rss) // 3]
     assert growth < 30, rss
+
+
+def test_stand_in_node_does_not_import_torch():
+    code = ('import sys, rclpy\n'
+            'from rclpy.parameter import Parameter\n'
+            'from dvd_ros.ros.depth_node import DepthNode\n'
+            f'ctx = rclpy.context.Context(); rclpy.init(context=ctx, domain_id={domain_id()})\n'
+            "node = DepthNode(context=ctx, parameter_overrides=[Parameter('backend', "
+            "value='stand-in')])\n"
+            "print('torch' in sys.modules, 'diffusers' in sys.modules)\n"
+            'node.destroy_node(); ctx.try_shutdown()\n')
+    out = subprocess.run([sys.executable, '-c', code], capture_output=True, text=True,
+                         timeout=60, cwd=REPO)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.split() == ['False', 'False']
+
+
+def test_real_model_built_from_parameters(rig_factory):
+    checkpoint = pytest.importorskip('dvd_ros.model.checkpoint')
+    meta = Path(checkpoint.DEFAULT_WEIGHTS) / checkpoint.META_FILE
+    if not meta.is_file():
+        pytest.skip(f'embedded tiny model not installed at {checkpoint.DEFAULT_WEIGHTS}')
+    import torch
+    torch.set_num_threads(1)
+    rig = rig_factory(regressor=None, backend='torch', model_height=32, model_width=32,
+                      metric_mode='fixed')
+    assert rig.node.regressor.backend_name == 'torch'
+    headers = _send_all(rig, WINDOW, period=0.05)
+    assert wait_for(lambda: rig.probe.count('depth/points') >= WINDOW, timeout=120)
+    depth = messages.image_to_array(rig.probe.by_stamp('depth/disparity')[_key(headers[0])])
+    assert depth.shape == (24, 32) and np.isfinite(depth).all()
