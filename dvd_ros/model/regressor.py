@@ -120,6 +120,9 @@ class DepthRegressor:
         :raises InputError: wrong type, dtype, shape or size.
         """
         frames = self._validate(frames)
+        if not frames.flags.writeable:
+            # Frames decoded from ROS messages view read-only bytes; torch wants to own them.
+            frames = frames.copy()
         count, height, width = frames.shape[:3]
         with torch.inference_mode():
             video = torch.from_numpy(frames).to(self.device)

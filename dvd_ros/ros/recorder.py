@@ -1,0 +1,153 @@
+"""Record a camera and the depth node's outputs by stamp (for the demo and end-to-end checks).
+
+Runs the synthetic camera, a depth node and a recorder in one process on one executor. The
+topics still travel through DDS (intra-process communication is off), on loopback.
+"""
+
+from dataclasses import dataclass, field
+import os
+from pathlib import Path
+import time
+
+from dvd_ros.errors import DvdError
+
+
+def use_loopback_dds():
+    """Keep DDS on this machine unless the user configured it: call before ``rclpy.init``.
+
+    Sets ``ROS_AUTOMATIC_DISCOVERY_RANGE=LOCALHOST`` and our Fast DDS profile (shared memory +
+    UDPv4 on 127.0.0.1) when those variables are not set already.
+    """
+    os.environ.setdefault('ROS_AUTOMATIC_DISCOVERY_RANGE', 'LOCALHOST')
+    profile = shipped_config('fastdds_localhost.xml')
+    if profile is not None:
+        os.environ.setdefault('FASTDDS_DEFAULT_PROFILES_FILE', str(profile))
+
+
+def shipped_config(name):
+    """Return the path of ``config/<name>`` (installed share/ or source tree), or None."""
+    candidates = []
+    try:
+        from ament_index_python.packages import get_package_share_directory
+        candidates.append(Path(get_package_share_directory('dvd_ros')) / 'config' / name)
+    except Exception:  # noqa: BLE001 - no ament index (AMENT_PREFIX_PATH unset): source tree
+        pass
+    candidates.append(Path(__file__).resolve().parents[2] / 'config' / name)
+    return next((path for path in candidates if path.is_file()), None)
+
+
+@dataclass
+class Recording:
+    """Everything recorded, keyed by header stamp in nanoseconds."""
+
+    rgb: dict = field(default_factory=dict)  # stamp -> (H, W, 3) uint8
+    truth: dict = field(default_factory=dict)  # stamp -> (H, W) float32 metres
+    disparity: dict = field(default_factory=dict)  # stamp -> (H, W) float32 relative
+    depth: dict = field(default_factory=dict)  # stamp -> (H, W) float32 metres, NaN invalid
+    points: dict = field(default_factory=dict)  # stamp -> (N, 3) float32 (NaN rows kept)
+    info: dict = field(default_factory=dict)  # stamp -> (3, 3) K of depth/camera_info
+    diagnostics: list = field(default_factory=list)  # [(key, value), ...] of the last status
+
+    def complete_stamps(self):
+        """Return sorted stamps that have an input image, ground truth and a disparity."""
+        return sorted(set(self.disparity) & set(self.rgb) & set(self.truth))
+
+
+def record_demo(camera_params, depth_params, frames, timeout, regressor=None, log=print):
+    """Run camera -> depth node -> recorder until ``frames`` disparities arrived.
+
+    :param camera_params: parameter overrides of the synthetic camera (dict).
+    :param depth_params: parameter overrides of the depth node (dict).
+    :param frames: number of complete frames (image, truth, disparity) to record.
+    :param timeout: give up after this many seconds (returns what was recorded).
+    :param regressor: optional model object injected into the depth node.
+    :param log: callable for progress lines.
+    :return: :class:`Recording`.
+    """
+    use_loopback_dds()
+    import rclpy
+    from rclpy.executors import MultiThreadedExecutor
+    from rclpy.parameter import Parameter
+
+    from dvd_ros.ros.depth_node import DepthNode
+    from dvd_ros.ros.shutdown import finish
+    from dvd_ros.ros.synthetic_camera import SyntheticCamera
+
+    def overrides(values):
+        return [Parameter(name, value=value) for name, value in values.items()]
+
+    context = rclpy.context.Context()
+    rclpy.init(args=[], context=context)
+    executor = MultiThreadedExecutor(num_threads=3, context=context)
+    nodes = []
+    recording = Recording()
+    try:
+        # The depth node first: loading a model takes a while and frames sent before its
+        # subscription exists would simply be missed.
+        depth = DepthNode(regressor=regressor, context=context,
+                          parameter_overrides=overrides(depth_params),
+                          cli_args=['--ros-args', '-r', 'metric_hint:=ground_truth/depth'])
+        nodes.append(depth)
+        recorder = _make_recorder(context, recording)
+        nodes.append(recorder)
+        camera = SyntheticCamera(context=context, parameter_overrides=overrides(camera_params))
+        nodes.append(camera)
+        for node in nodes:
+            executor.add_node(node)
+        start = time.monotonic()
+        last_report = start
+        while len(recording.complete_stamps()) < frames:
+            if time.monotonic() - start > timeout:
+                log(f'demo: timeout after {timeout:.0f} s with '
+                    f'{len(recording.complete_stamps())} of {frames} frames')
+                break
+            executor.spin_once(timeout_sec=0.05)
+            if time.monotonic() - last_report > 2.0:
+                last_report = time.monotonic()
+                log(f'demo: {len(recording.complete_stamps())}/{frames} frames')
+        # One more diagnostics period, so the recorded status covers the whole run.
+        end = time.monotonic() + 1.2
+        while time.monotonic() < end:
+            executor.spin_once(timeout_sec=0.05)
+    except DvdError:
+        raise
+    finally:
+        finish(nodes, executor, context)
+    return recording
+
+
+def _make_recorder(context, recording):
+    from diagnostic_msgs.msg import DiagnosticArray
+    from rclpy.node import Node
+    from rclpy.qos import qos_profile_sensor_data
+    from sensor_msgs.msg import CameraInfo, Image, PointCloud2
+
+    from dvd_ros.ros import messages
+    from dvd_ros.ros.sync import stamp_ns
+
+    node = Node('demo_recorder', context=context)
+
+    def keep(store, convert):
+        def callback(msg):
+            store[stamp_ns(msg.header.stamp)] = convert(msg)
+        return callback
+
+    def keep_status(msg):
+        for status in msg.status:
+            if 'depth' in status.name:
+                recording.diagnostics = [(kv.key, kv.value) for kv in status.values]
+
+    sensor = qos_profile_sensor_data
+    node.create_subscription(Image, 'image', keep(recording.rgb, messages.image_to_rgb), sensor)
+    node.create_subscription(Image, 'ground_truth/depth',
+                             keep(recording.truth, messages.image_to_depth), sensor)
+    node.create_subscription(Image, 'depth/disparity',
+                             keep(recording.disparity, messages.image_to_depth), 50)
+    node.create_subscription(Image, 'depth/image',
+                             keep(recording.depth, messages.image_to_depth), 50)
+    node.create_subscription(PointCloud2, 'depth/points',
+                             keep(recording.points, messages.cloud_to_xyz), 50)
+    node.create_subscription(CameraInfo, 'depth/camera_info',
+                             keep(recording.info, messages.camera_info_matrix), 50)
+    node.create_subscription(DiagnosticArray, '/diagnostics', keep_status, 10)
+    return node
