@@ -399,6 +399,19 @@ def test_out_of_order_stamps(rig_factory):
     assert len(rig.warnings_about('stamps must increase')) == 1
 
 
+def test_backwards_time_jump_restarts_stream(rig_factory):
+    rig = rig_factory()
+    first = [rig.send(i, t0=100_000_000_000) for i in range(WINDOW + 2) if not time.sleep(0.01)]
+    second = [rig.send(i) for i in range(WINDOW + 2) if not time.sleep(0.01)]  # 99 s earlier
+    # The first stream is flushed (all its frames out), the second runs its first window.
+    assert wait_for(lambda: rig.probe.count('depth/disparity') >= 2 * WINDOW + 2)
+    stamps = set(rig.probe.by_stamp('depth/disparity'))
+    assert {_key(h) for h in first} <= stamps
+    assert {_key(h) for h in second[:WINDOW]} <= stamps
+    assert rig.node.stats.dropped['out_of_order'] == 0
+    assert len(rig.warnings_about('restarting the stream')) == 1
+
+
 def test_model_failure_keeps_node_alive(rig_factory):
     class Flaky(StandInRegressor):
         def predict(self, frames):

@@ -33,6 +33,9 @@ from dvd_ros.ros.sync import StampBuffer, StampSync, stamp_ns
 
 # Seconds between two log lines about the same problem (the count of repeats is kept).
 LOG_THROTTLE_S = 10.0
+# A stamp this many seconds older than the previous one starts a new stream (bag loop, clock
+# reset) instead of being dropped as out of order.
+TIME_JUMP_S = 1.0
 # Seconds the worker may take to finish its current window at shutdown.
 JOIN_TIMEOUT_S = 1.0
 
@@ -45,6 +48,7 @@ class FrameRecord:
     info: object  # sensor_msgs/CameraInfo with the same stamp, or None
     rgb: np.ndarray  # (H, W, 3) uint8, at the output size
     received: float  # time.monotonic() at reception
+    restart: bool = False  # first frame after a backwards time jump: start a new stream
 
 
 def build_regressor(params):
@@ -96,8 +100,7 @@ class DepthNode(Node):
         self._fit = None  # anchored mode: the last geometry.MetricFit
         self._last_stamp = None
 
-        self._sync = StampSync(tolerance_ns=int(p.sync_tolerance * 1e9),
-                               timeout_s=p.sync_timeout, max_pending=max(8, p.queue_size))
+        self._sync = self._new_sync(p)
         self._hints = StampBuffer(64, tolerance_ns=int(p.sync_tolerance * 1e9))
         self._queue = deque()
         self._cond = threading.Condition()
@@ -140,6 +143,10 @@ class DepthNode(Node):
             f'{self.resolve_topic_name("image")}')
 
     # ----------------------------------------------------------------------------- helpers
+    def _new_sync(self, p):
+        return StampSync(tolerance_ns=int(p.sync_tolerance * 1e9), timeout_s=p.sync_timeout,
+                         max_pending=max(8, p.queue_size))
+
     def _make_stream(self, p):
         from dvd_ros.stream.estimator import StreamingDepth
         return StreamingDepth(self.regressor, p.window, p.overlap, policy=p.policy)
@@ -185,17 +192,25 @@ class DepthNode(Node):
             self.report(exc.cause, f'dropping image: {exc}')
             return
         stamp = stamp_ns(msg.header.stamp)
+        restart = False
         with self._lock:
-            if self._last_stamp is not None and stamp <= self._last_stamp:
-                late = (self._last_stamp - stamp) / 1e9
-                out_of_order = True
-            else:
+            late = None if self._last_stamp is None else (self._last_stamp - stamp) / 1e9
+            if late is not None and late > TIME_JUMP_S:
+                # A clock reset or a looping bag: a new stream, not a late frame. Pending
+                # images and infos belong to the old time line.
+                restart = True
+                self.stats.drop('time_jump', self._sync.pending)
+                self._sync = self._new_sync(self.parameters.current)
+                self._hints = StampBuffer(64, tolerance_ns=self._sync.infos.tolerance_ns)
+            if late is None or late < 0 or restart:
                 self._last_stamp = stamp
-                out_of_order = False
-                ready = self._sync.add_image(stamp, (msg.header, rgb, now))
-        if out_of_order:
+                ready = self._sync.add_image(stamp, (msg.header, rgb, now, restart))
+        if restart:
+            self.report('time_jump', f'image stamp jumped {late:.3f} s back (clock reset or '
+                        'bag loop): restarting the stream', drop=False)
+        elif late is not None and late >= 0:
             self.report('out_of_order', f'dropping image stamped {late:.3f} s before (or at) '
-                        'the previous one: stamps must increase (clock jump or bag loop?)')
+                        'the previous one: stamps must increase')
             return
         self._enqueue(ready)
 
@@ -226,11 +241,11 @@ class DepthNode(Node):
             return
         dropped = 0
         with self._cond:
-            for (header, rgb, received), info in pairs:
+            for (header, rgb, received, restart), info in pairs:
                 if len(self._queue) >= self.parameters.current.queue_size:
                     self._queue.popleft()
                     dropped += 1
-                self._queue.append(FrameRecord(header, info, rgb, received))
+                self._queue.append(FrameRecord(header, info, rgb, received, restart))
             self._cond.notify()
         if dropped:
             self.report('queue_full', 'model slower than the camera: dropped the oldest queued '
@@ -257,7 +272,11 @@ class DepthNode(Node):
             size = (max(1, round(w * p.output_scale)), max(1, round(h * p.output_scale)))
             rgb = cv2.resize(rgb, size, interpolation=cv2.INTER_AREA)
             record.rgb = rgb
-        if self._size is not None and rgb.shape[:2] != self._size:
+        if record.restart:
+            self._publish_all(self._stream.flush())
+            self._stream.reset()
+            self._fit = None
+        elif self._size is not None and rgb.shape[:2] != self._size:
             self.report('resolution_change', f'image size changed from {self._size[1]}x'
                         f'{self._size[0]} to {rgb.shape[1]}x{rgb.shape[0]}: finishing the '
                         'current window and restarting the stream', drop=False)
