@@ -12,9 +12,14 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[1]
 PROFILE = REPO / 'config' / 'fastdds_localhost.xml'
 
-# Before any participant exists: traffic stays on loopback, profile with the big SHM segment.
+# One random domain per test run, so concurrent runs (other suites, other users) never meet;
+# DVD_TEST_DOMAIN_ID pins it.
+DOMAIN_ID = int(os.environ.get('DVD_TEST_DOMAIN_ID') or random.randint(1, 100))
+# Before any participant exists: traffic stays on loopback, profile with the big SHM segment;
+# the environment is inherited by every process a test starts.
 os.environ['ROS_AUTOMATIC_DISCOVERY_RANGE'] = 'LOCALHOST'
 os.environ.setdefault('FASTDDS_DEFAULT_PROFILES_FILE', str(PROFILE))
+os.environ['ROS_DOMAIN_ID'] = str(DOMAIN_ID)
 
 from diagnostic_msgs.msg import DiagnosticArray  # noqa: E402
 import rclpy  # noqa: E402
@@ -32,8 +37,8 @@ OUTPUTS = {
 
 
 def domain_id():
-    """Return a ROS domain id for this test run (random, so parallel runs do not meet)."""
-    return int(os.environ.get('DVD_TEST_DOMAIN_ID') or random.randint(1, 100))
+    """Return this test run's ROS domain id (random in 1..100, fixed for the run)."""
+    return DOMAIN_ID
 
 
 def make_context():
