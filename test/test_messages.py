@@ -183,3 +183,20 @@ def test_cloud_to_xyz(bigendian):
     msg.fields = msg.fields[:2]
     with pytest.raises(ImageError, match='lacks'):
         messages.cloud_to_xyz(msg)
+
+
+def test_rescaled_p_matches_k_and_fov_info():
+    from dvd_ros.geometry import PinholeIntrinsics
+
+    info = CameraInfo(width=640, height=480)
+    info.k = [500.0, 0, 319.5, 0, 500, 239.5, 0, 0, 1]
+    info.p = [500.0, 0, 319.5, -25.0, 0, 500, 239.5, 0, 0, 0, 1, 0]
+    intr = PinholeIntrinsics.from_K(messages.camera_info_matrix(info), 640, 480).scaled(160, 120)
+    out = messages.restamp_camera_info(info, Header(), intr)
+    p = np.asarray(out.p).reshape(3, 4)
+    np.testing.assert_allclose(p[:, :3], np.asarray(out.k).reshape(3, 3))
+    assert p[0, 3] == pytest.approx(-25.0 / 4)  # Tx scales with the width
+    fov = PinholeIntrinsics.from_fov(64, 48, 90.0)
+    made = messages.camera_info_from_intrinsics(fov, Header(frame_id='f'))
+    assert (made.width, made.height, made.header.frame_id) == (64, 48, 'f')
+    np.testing.assert_allclose(messages.camera_info_matrix(made), fov.K)

@@ -145,3 +145,16 @@ def test_dvd_ros_run_two_cameras(env):
         assert f'subscribed to /{ns}/image' in err
         assert f'on /{ns}/image' in err  # its synthetic camera
     assert 'Traceback' not in err
+
+
+def test_shutdown_while_model_busy(env):
+    """A model call cannot be interrupted: the process still exits within 2 s, status 0."""
+    code = ('import sys; from dvd_ros.cli.main import main; sys.exit(main(sys.argv[1:]))')
+    proc = _start(env, '-c', code, 'run', '--backend', 'stand-in', '--with-synthetic-camera',
+                  '--camera-rate', '20', '-p', 'window=1', '-p', 'overlap=0',
+                  '-p', 'stand_in_delay=30.0')
+    time.sleep(5.0)  # camera rendered, first frame inside the 30 s "model" call
+    assert proc.poll() is None
+    rc, seconds, err = _stop(proc, signal.SIGINT, signal.SIGINT, gap=0.2)
+    assert rc == 0 and seconds < 2.0, (rc, seconds, err)
+    assert 'Traceback' not in err

@@ -37,7 +37,7 @@ LOG_THROTTLE_S = 10.0
 # reset) instead of being dropped as out of order.
 TIME_JUMP_S = 1.0
 # Seconds the worker may take to finish its current window at shutdown.
-JOIN_TIMEOUT_S = 1.0
+JOIN_TIMEOUT_S = 0.5
 
 
 @dataclass
