@@ -50,3 +50,31 @@ def test_publishes_matching_image_info_and_truth(context):
 def test_missing_video_is_a_clear_error(context):
     with pytest.raises(InputError, match='cannot open video'):
         SyntheticCamera(context=context, parameter_overrides=overrides(source='/nope.mp4'))
+
+
+def test_video_source_loops(context, tmp_path):
+    import cv2
+
+    path = str(tmp_path / 'clip.avi')
+    writer = cv2.VideoWriter(path, cv2.VideoWriter_fourcc(*'MJPG'), 10, (32, 24))
+    if not writer.isOpened():
+        pytest.skip('OpenCV cannot write MJPG here')
+    for i in range(3):
+        writer.write(np.full((24, 32, 3), 60 * i, np.uint8))
+    writer.release()
+    camera = SyntheticCamera(namespace='/vid', context=context, parameter_overrides=overrides(
+        source=path, rate=100.0, hfov_deg=90.0))
+    sink = Node('vsink', namespace='/vid', context=context)
+    images, infos = [], []
+    sink.create_subscription(Image, 'image', images.append, qos_profile_sensor_data)
+    sink.create_subscription(CameraInfo, 'camera_info', infos.append, qos_profile_sensor_data)
+    spinner = Spinner(context, camera, sink)
+    try:
+        assert wait_for(lambda: len(images) >= 7, timeout=10)  # more than one pass: it loops
+    finally:
+        spinner.stop()
+        camera.destroy_node()
+        sink.destroy_node()
+    assert camera.pub_truth is None  # no ground truth for a video
+    assert (images[0].width, images[0].height, images[0].encoding) == (32, 24, 'rgb8')
+    assert infos and infos[0].k[0] == pytest.approx(16.0, rel=1e-6)  # 90 deg over 32 px
