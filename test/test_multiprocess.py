@@ -136,14 +136,25 @@ def test_bad_parameter_exits_with_clear_error(env):
 def test_dvd_ros_run_two_cameras(env):
     code = ('import sys; from dvd_ros.cli.main import main; sys.exit(main(sys.argv[1:]))')
     proc = _start(env, '-c', code, 'run', '--backend', 'stand-in', '-n', 'cam_left', '-n',
-                  'cam_right', '--with-synthetic-camera', '--camera-rate', '15', '-p',
-                  'window=5', '-p', 'overlap=2', '-p', 'metric_mode=fixed',
-                  '--params-file', str(REPO / 'config' / 'depth.yaml'), '--duration', '6')
+                  'cam_right', '--with-synthetic-camera', '--camera-rate', '15',
+                  '--anchor-ground-truth', '-p', 'window=5', '-p', 'overlap=2',
+                  '--params-file', str(REPO / 'config' / 'depth.yaml'), '--duration', '10')
+    time.sleep(4.0)
+    listeners = {ns: subprocess.Popen(
+        [sys.executable, str(REPO / 'test' / 'ros_listener.py'), '4', ns], cwd=REPO, env=env,
+        stdout=subprocess.PIPE, text=True) for ns in ('cam_left', 'cam_right')}
+    got = {ns: json.loads(p.communicate(timeout=60)[0].strip().splitlines()[-1])
+           for ns, p in listeners.items()}
     out, err = proc.communicate(timeout=60)
     assert proc.returncode == 0, err
     for ns in ('cam_left', 'cam_right'):
         assert f'subscribed to /{ns}/image' in err
         assert f'on /{ns}/image' in err  # its synthetic camera
+        assert len(got[ns]['depth/camera_info']) >= 5, {k: len(v) for k, v in got[ns].items()}
+        assert all(v[:2] == [128, 96] for v in got[ns]['depth/camera_info'].values())
+        # The ground truth reaches the node as metric_hint (remapped). The stand-in's
+        # brightness is no inverse depth, so the fit is refused (a <= 0) and said so.
+        assert f'[{ns}.depth_node]: metric fit failed' in err
     assert 'Traceback' not in err
 
 

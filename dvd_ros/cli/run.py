@@ -33,6 +33,9 @@ def add_parser(subparsers):
                         help='synthetic camera source: "synthetic" or a video file path')
     parser.add_argument('--camera-rate', type=float, default=10.0, metavar='HZ',
                         help='synthetic camera frame rate (default 10)')
+    parser.add_argument('--anchor-ground-truth', action='store_true',
+                        help='with --with-synthetic-camera: metres from metric_mode anchored, '
+                             "the camera's ground truth standing in for a metric sensor")
     parser.add_argument('--duration', type=float, default=None, metavar='SECONDS',
                         help='stop after this many seconds (default: run until Ctrl-C)')
     parser.add_argument('--threads', type=int, default=None,
@@ -69,10 +72,17 @@ def build_nodes(args, context):
         values['weights'] = args.weights
     if args.backend is not None:
         values['backend'] = args.backend
+    cli_args = None
+    if args.anchor_ground_truth:
+        if not args.with_synthetic_camera:
+            raise CliError('--anchor-ground-truth needs --with-synthetic-camera (its ground '
+                           'truth is the metric hint)')
+        values.update(metric_mode='anchored', hint_type='image')
+        cli_args = ['--ros-args', '-r', 'metric_hint:=ground_truth/depth']
     overrides = [Parameter(name, value=value) for name, value in values.items()]
     nodes = []
     for k, namespace in enumerate(args.namespace or ['']):
-        nodes.append(DepthNode(namespace=namespace, context=context,
+        nodes.append(DepthNode(namespace=namespace, context=context, cli_args=cli_args,
                                parameter_overrides=list(overrides)))
         if args.with_synthetic_camera:
             nodes.append(SyntheticCamera(namespace=namespace, context=context,

@@ -36,6 +36,11 @@ LOG_THROTTLE_S = 10.0
 # A stamp this many seconds older than the previous one starts a new stream (bag loop, clock
 # reset) instead of being dropped as out of order.
 TIME_JUMP_S = 1.0
+# Metric hint samples kept per frame: plenty for a 2-parameter robust fit, and it bounds the
+# memory of buffered dense hints (a VGA depth image would be 300k samples).
+HINT_MAX_SAMPLES = 20_000
+# Hint messages kept for frames still in the queue or the window (oldest forgotten first).
+HINT_CAPACITY = 64
 # Seconds the worker may take to finish its current window at shutdown.
 JOIN_TIMEOUT_S = 0.5
 
@@ -65,6 +70,13 @@ def build_regressor(params):
         params.weights or None, device=params.device, dtype=params.dtype,
         height=params.model_height or None, width=params.model_width or None,
         backend=params.backend)
+
+
+def _thin(n):
+    """Return the indices of at most ``HINT_MAX_SAMPLES`` of ``n`` samples, evenly spread."""
+    if n <= HINT_MAX_SAMPLES:
+        return slice(None)
+    return np.linspace(0, n - 1, HINT_MAX_SAMPLES).astype(np.int64)
 
 
 class DepthNode(Node):
@@ -101,7 +113,7 @@ class DepthNode(Node):
         self._last_stamp = None
 
         self._sync = self._new_sync(p)
-        self._hints = StampBuffer(64, tolerance_ns=int(p.sync_tolerance * 1e9))
+        self._hints = StampBuffer(HINT_CAPACITY, tolerance_ns=int(p.sync_tolerance * 1e9))
         self._queue = deque()
         self._cond = threading.Condition()
         self._stop = threading.Event()
@@ -201,7 +213,7 @@ class DepthNode(Node):
                 restart = True
                 self.stats.drop('time_jump', self._sync.pending)
                 self._sync = self._new_sync(self.parameters.current)
-                self._hints = StampBuffer(64, tolerance_ns=self._sync.infos.tolerance_ns)
+                self._hints = StampBuffer(HINT_CAPACITY, self._sync.infos.tolerance_ns)
             if late is None or late < 0 or restart:
                 self._last_stamp = stamp
                 ready = self._sync.add_image(stamp, (msg.header, rgb, now, restart))
@@ -222,9 +234,15 @@ class DepthNode(Node):
     def _on_hint(self, msg):
         try:
             if isinstance(msg, Image):
-                hint = ('image', messages.image_to_depth(msg))
+                depth = messages.image_to_depth(msg)
+                v, u = np.nonzero(np.isfinite(depth))
+                keep = _thin(v.size)
+                v, u = v[keep].astype(np.int32), u[keep].astype(np.int32)
+                hint = ('image', (depth.shape, v, u, depth[v, u]))
             else:
-                hint = ('points', messages.cloud_to_xyz(msg))
+                xyz = messages.cloud_to_xyz(msg)
+                xyz = xyz[np.isfinite(xyz).all(axis=1) & (xyz[:, 2] > 0)]
+                hint = ('points', xyz[_thin(len(xyz))])
         except messages.ImageError as exc:
             self.report(f'hint_{exc.cause}', f'ignoring metric_hint: {exc}', drop=False)
             return
@@ -417,9 +435,7 @@ class DepthNode(Node):
         disparity = frame.disparity
         height, width = disparity.shape
         if kind == 'image':
-            hh, hw = data.shape
-            v, u = np.nonzero(np.isfinite(data))
-            z = data[v, u]
+            (hh, hw), v, u, z = data
             # A hint image of another size covers the same field of view.
             rows = np.minimum((v * height) // hh, height - 1)
             cols = np.minimum((u * width) // hw, width - 1)
@@ -430,7 +446,7 @@ class DepthNode(Node):
                             'project them: publish camera_info or set fov_fallback_deg',
                             drop=False)
                 return None
-            pts = data[np.isfinite(data).all(axis=1) & (data[:, 2] > 0)]
+            pts = data
             z = pts[:, 2]
             cols = np.round(intrinsics.fx * pts[:, 0] / z + intrinsics.cx).astype(np.int64)
             rows = np.round(intrinsics.fy * pts[:, 1] / z + intrinsics.cy).astype(np.int64)
