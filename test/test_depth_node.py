@@ -514,17 +514,21 @@ def test_stand_in_node_does_not_import_torch():
     assert out.stdout.split() == ['False', 'False']
 
 
-def test_real_model_built_from_parameters(rig_factory):
-    checkpoint = pytest.importorskip('dvd_ros.model.checkpoint')
-    meta = Path(checkpoint.DEFAULT_WEIGHTS) / checkpoint.META_FILE
-    if not meta.is_file():
-        pytest.skip(f'embedded tiny model not installed at {checkpoint.DEFAULT_WEIGHTS}')
-    import torch
+def test_real_model_built_from_parameters(rig_factory, tmp_path):
+    """The node builds the real DepthRegressor from ``weights``/``backend`` (tiny random DiT)."""
+    torch = pytest.importorskip('torch')
+    tiny = pytest.importorskip('tiny_models')
+    from dvd_ros.model.checkpoint import DVDModels, save_converted
+
     torch.set_num_threads(1)
-    rig = rig_factory(regressor=None, backend='torch', model_height=32, model_width=32,
-                      metric_mode='fixed')
+    models = tiny.tiny_models()
+    save_converted(DVDModels(models.transformer, models.vae, tuple(models.latents_mean),
+                             tuple(models.latents_std)), tmp_path / 'weights')
+    rig = rig_factory(backend='torch', weights=str(tmp_path / 'weights'), model_height=32,
+                      model_width=32, metric_mode='fixed')
     assert rig.node.regressor.backend_name == 'torch'
     headers = _send_all(rig, WINDOW, period=0.05)
     assert wait_for(lambda: rig.probe.count('depth/points') >= WINDOW, timeout=120)
-    depth = messages.image_to_array(rig.probe.by_stamp('depth/disparity')[_key(headers[0])])
-    assert depth.shape == (24, 32) and np.isfinite(depth).all()
+    disparity = messages.image_to_array(
+        rig.probe.by_stamp('depth/disparity')[_key(headers[0])])
+    assert disparity.shape == (24, 32) and np.isfinite(disparity).all()
