@@ -13,6 +13,7 @@ from launch.actions import DeclareLaunchArgument
 from launch.conditions import IfCondition
 from launch.substitutions import LaunchConfiguration, PathJoinSubstitution
 from launch_ros.actions import Node
+from launch_ros.parameter_descriptions import ParameterValue
 
 from launch import LaunchDescription
 
@@ -56,8 +57,9 @@ def generate_launch_description():
         # The synthetic camera's ground truth stands in for a sparse metric sensor (LiDAR,
         # RGB-D): anchored mode turns the relative output into metres from it.
         parameters=[LaunchConfiguration('params_file'),
-                    {'weights': LaunchConfiguration('weights'),
-                     'backend': LaunchConfiguration('backend'),
+                    # value_type=str: an empty weights path must stay '', not become None.
+                    {'weights': ParameterValue(LaunchConfiguration('weights'), value_type=str),
+                     'backend': ParameterValue(LaunchConfiguration('backend'), value_type=str),
                      'metric_mode': 'anchored',
                      'hint_type': 'image'}],
         remappings=[('metric_hint', 'ground_truth/depth')],

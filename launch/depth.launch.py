@@ -13,6 +13,7 @@ from launch.actions import DeclareLaunchArgument
 from launch.conditions import IfCondition
 from launch.substitutions import LaunchConfiguration, PathJoinSubstitution
 from launch_ros.actions import Node
+from launch_ros.parameter_descriptions import ParameterValue
 
 from launch import LaunchDescription
 
@@ -46,8 +47,9 @@ def generate_launch_description():
         name='depth_node',
         namespace=LaunchConfiguration('namespace'),
         parameters=[LaunchConfiguration('params_file'),
-                    {'weights': LaunchConfiguration('weights'),
-                     'backend': LaunchConfiguration('backend')}],
+                    # value_type=str: an empty weights path must stay '', not become None.
+                    {'weights': ParameterValue(LaunchConfiguration('weights'), value_type=str),
+                     'backend': ParameterValue(LaunchConfiguration('backend'), value_type=str)}],
         remappings=[('image', LaunchConfiguration('image')),
                     ('camera_info', LaunchConfiguration('camera_info'))],
         output='screen',

@@ -40,6 +40,10 @@ class Node(Recorded):
     pass
 
 
+class ParameterValue(Recorded):
+    pass
+
+
 @pytest.fixture
 def fake_launch(monkeypatch, tmp_path):
     modules = {
@@ -50,6 +54,7 @@ def fake_launch(monkeypatch, tmp_path):
                                  'PathJoinSubstitution': Recorded},
         'launch_ros': {},
         'launch_ros.actions': {'Node': Node},
+        'launch_ros.parameter_descriptions': {'ParameterValue': ParameterValue},
         'ament_index_python': {},
         'ament_index_python.packages': {'get_package_share_directory': lambda name: str(REPO)},
     }
@@ -93,8 +98,8 @@ def test_depth_launch_arguments_and_node(fake_launch):
     remapped = {src: dst.args[0] for src, dst in depth.kwargs['remappings']}
     assert remapped == {'image': 'image', 'camera_info': 'camera_info'}
     overrides = depth.kwargs['parameters'][1]
-    assert {k: v.args[0] for k, v in overrides.items()} == {'weights': 'weights',
-                                                            'backend': 'backend'}
+    assert {k: (v.args[0].args[0], v.kwargs['value_type']) for k, v in overrides.items()} == {
+        'weights': ('weights', str), 'backend': ('backend', str)}
     rviz = next(n for n in nodes if n.kwargs['executable'] == 'rviz2')
     assert rviz.kwargs['condition'].args[0].args[0] == 'use_rviz'
 
