@@ -174,3 +174,31 @@ def test_checkpoint_round_trip_both_layouts(tmp_path, use_lora):
             got_z = latent.encode(models.vae, x, models.latents_mean, models.latents_std)
         torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-5)
         torch.testing.assert_close(got_z, expected_z, rtol=1e-4, atol=1e-5)
+
+
+def test_cli_trains_both_stages_and_resumes(tmp_path):
+    from dvd_ros.cli.main import main
+
+    common = ['--seeds', '0:1', '--clips-per-seed', '1', '--clip-frames', '5', '--height',
+              '32', '--width', '32', '--no-progress', '--save-every', '1']
+    assert main(['train', str(tmp_path / 'vae'), '--stage', 'vae', '--steps', '1'] + common) == 0
+    assert (tmp_path / 'vae' / 'vae_stage.json').is_file()
+    dit = ['train', str(tmp_path / 'dit'), '--stage', 'dit', '--vae', str(tmp_path / 'vae'),
+           '--video-frames', '5'] + common
+    assert main(dit + ['--steps', '1']) == 0
+    assert main(dit + ['--steps', '2', '--resume']) == 0
+    state = torch.load(tmp_path / 'dit' / 'state.pt', weights_only=False)
+    assert state['step'] == 2
+    models = load_models(tmp_path / 'dit' / 'converted')
+    assert (models.meta['height'], models.meta['width']) == (32, 32)
+    assert models.meta['train']['loss'] == 'full'
+
+
+def test_cli_rejects_bad_arguments(tmp_path, capsys):
+    from dvd_ros.cli.main import main
+
+    assert main(['train', str(tmp_path), '--stage', 'vae', '--seeds', 'a:b']) == 2
+    assert main(['train', str(tmp_path), '--stage', 'vae', '--height', '30']) == 2
+    assert main(['train', str(tmp_path), '--stage', 'dit']) == 2
+    err = capsys.readouterr().err
+    assert 'START:STOP' in err and 'multiples of 16' in err and '--vae' in err

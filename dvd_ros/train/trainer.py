@@ -28,7 +28,7 @@ TINY_VAE_CONFIG = {'base_dim': 16, 'z_dim': 16, 'dim_mult': [1, 2, 4, 4], 'num_r
 # (head_dim // 3 even) identical between the reference and diffusers (spec 4.3 caveat).
 TINY_DIT_CONFIG = {'patch_size': [1, 2, 2], 'num_attention_heads': 4, 'attention_head_dim': 32,
                    'in_channels': 16, 'out_channels': 16, 'text_dim': 32, 'freq_dim': 64,
-                   'ffn_dim': 512, 'num_layers': 4, 'cross_attn_norm': True,
+                   'ffn_dim': 512, 'num_layers': 6, 'cross_attn_norm': True,
                    'qk_norm': 'rms_norm_across_heads', 'eps': 1e-6, 'image_dim': None,
                    'added_kv_proj_dim': None, 'rope_max_seq_len': 1024}
 
@@ -238,9 +238,11 @@ class LatentBank:
         return cls(torch.cat(rgb), torch.cat(tgt), torch.cat(img))
 
     def save(self, path):
-        """Write the latents to ``path`` (torch file)."""
+        """Write the latents to ``path`` (torch file) atomically (other runs may be waiting)."""
+        tmp = Path(str(path) + '.tmp')
         torch.save({'rgb': self.rgb, 'target': self.target, 'target_image': self.target_image},
-                   path)
+                   tmp)
+        tmp.replace(path)
 
     @classmethod
     def load(cls, path):
