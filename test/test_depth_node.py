@@ -181,10 +181,10 @@ def test_every_output_layout(rig_factory):
 def test_disparity_only_by_default(rig_factory):
     rig = rig_factory()
     _send_all(rig, WINDOW)
-    assert wait_for(lambda: rig.probe.count('depth/disparity') >= WINDOW)
+    assert wait_for(lambda: rig.probe.count('depth/camera_info') >= WINDOW)
     time.sleep(0.2)
     assert rig.probe.count('depth/image') == 0 and rig.probe.count('depth/points') == 0
-    assert rig.probe.count('depth/camera_info') == WINDOW
+    assert rig.probe.count('depth/camera_info') == rig.probe.count('depth/disparity') == WINDOW
 
 
 def test_output_scale_rescales_camera_info(rig_factory):
@@ -359,8 +359,8 @@ def test_images_without_camera_info(rig_factory):
     for i in range(2 * WINDOW):
         rig.send(i, info=False)
         time.sleep(0.01)
-    assert wait_for(lambda: rig.probe.count('depth/disparity') >= 2 * WINDOW - OVERLAP)
-    assert rig.probe.count('depth/image') >= 2 * WINDOW - OVERLAP
+    assert wait_for(lambda: rig.probe.count('depth/image') >= 2 * WINDOW - OVERLAP)
+    assert rig.probe.count('depth/disparity') >= 2 * WINDOW - OVERLAP
     assert rig.probe.count('depth/points') == 0 and rig.probe.count('depth/camera_info') == 0
     assert len(rig.warnings_about('depth/points needs intrinsics')) == 1
 
