@@ -311,6 +311,9 @@ def main(argv=None):
     text = (f'# DVD backends, per window ({args.device})\n\n{environment(args)}; '
             f'median of {args.repeats} calls after a first call; '
             f'total run {time.perf_counter() - start:.0f} s.\n'
+            f"torch-compile's first call depends on inductor's on-disk cache "
+            f'(TORCHINDUCTOR_CACHE_DIR, default /tmp/torchinductor_$USER): warm after an '
+            f'earlier run, cold it is the full compile.\n'
             f'Command: `python benchmarks/bench_backends.py '
             f'{" ".join(argv if argv is not None else sys.argv[1:])}`\n\n{table(rows)}')
     out.write_text(text)

@@ -19,6 +19,12 @@ def models():
     return tiny_models(seed=11)
 
 
+@pytest.fixture(scope='module')
+def cache(tmp_path_factory):
+    """One engine cache for the module: the graphs of the shared shape are exported once."""
+    return tmp_path_factory.mktemp('engines')
+
+
 def video(frames=5, height=32, width=48, seed=0):
     generator = torch.Generator().manual_seed(seed)
     return torch.rand(1, 3, frames, height, width, generator=generator) * 2 - 1
@@ -38,8 +44,8 @@ def run_backend(backend, clip):
     return latents, depth, backend.decode(depth)
 
 
-def test_onnxruntime_end_to_end_matches_torch(models, tmp_path):
-    backend = create_backend('onnxruntime', models, cache_dir=tmp_path, threads=1)
+def test_onnxruntime_end_to_end_matches_torch(models, cache):
+    backend = create_backend('onnxruntime', models, cache_dir=cache, threads=1)
     assert backend.name == 'onnxruntime'
     clip = video()
     got = run_backend(backend, clip)
@@ -51,8 +57,8 @@ def test_onnxruntime_end_to_end_matches_torch(models, tmp_path):
     assert (backend.decode(want[1]) - want[2]).abs().max().item() < 1e-3
 
 
-def test_onnxruntime_sessions_per_shape_and_reused_cache(models, tmp_path, monkeypatch):
-    backend = create_backend('onnxruntime', models, cache_dir=tmp_path, threads=1)
+def test_onnxruntime_sessions_per_shape_and_reused_cache(models, cache, monkeypatch):
+    backend = create_backend('onnxruntime', models, cache_dir=cache, threads=1)
     latents = backend.encode(video())
     session = backend.session('encoder', WindowShape(5, 32, 48))
     backend.encode(video(seed=1))
@@ -62,7 +68,7 @@ def test_onnxruntime_sessions_per_shape_and_reused_cache(models, tmp_path, monke
     # A new process-like backend on the same cache must not export again.
     monkeypatch.setattr('dvd_ros.model.export.export_stage',
                         lambda *a, **k: pytest.fail('exported although cached'))
-    again = create_backend('onnxruntime', models, cache_dir=tmp_path, threads=1)
+    again = create_backend('onnxruntime', models, cache_dir=cache, threads=1)
     assert torch.equal(again.encode(video()), latents)
 
 
@@ -151,14 +157,14 @@ def test_torch_compile_inductor_on_gpu(models):
         assert (g.cpu() - w).abs().max().item() < 1e-3, name
 
 
-def test_regressor_with_onnxruntime_matches_the_torch_backend(models, tmp_path):
+def test_regressor_with_onnxruntime_matches_the_torch_backend(models, cache):
     import numpy as np
 
     from dvd_ros.model.regressor import DepthRegressor
 
     frames = np.random.default_rng(0).integers(0, 256, (3, 32, 48, 3), dtype=np.uint8)
     onnx = DepthRegressor(models, backend='onnxruntime', height=32, width=48,
-                          cache_dir=tmp_path, threads=1)
+                          cache_dir=cache, threads=1)
     eager = DepthRegressor(models, backend='torch', height=32, width=48)
     assert onnx.backend_name == 'onnxruntime'
     got, want = onnx.predict(frames), eager.predict(frames)
