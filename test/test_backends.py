@@ -94,6 +94,12 @@ def test_torch_compile_matches_torch(models):
         assert (g - w).abs().max().item() < 1e-4, name
 
 
+def test_torch_compile_refuses_without_a_compiler(models, monkeypatch):
+    monkeypatch.setattr('shutil.which', lambda name: None)
+    with pytest.raises(BackendUnavailable, match='C\\+\\+ compiler.*aot_eager'):
+        create_backend('torch-compile', models)
+
+
 @pytest.mark.skipif(CUDA, reason='checks the refusal on a machine without CUDA')
 def test_tensorrt_refuses_without_cuda(models, tmp_path):
     with pytest.raises(BackendUnavailable, match='no CUDA GPU.*onnxruntime'):

@@ -41,6 +41,13 @@ def test_onnxruntime_matches_torch(models, stage, tmp_path):
     assert error < 1e-3
 
 
+def test_dit_graph_has_no_cross_attention(models, tmp_path):
+    path = export_stage(stage_module(models, 'dit'), 'dit', SHAPE, tmp_path)
+    ops = [node.op_type for node in onnx.load(str(path)).graph.node]
+    # One softmax per block (self-attention); the folded cross-attention has none.
+    assert ops.count('Softmax') == models.transformer.config.num_layers
+
+
 def test_dit_graph_matches_the_unfolded_diffusers_call(models, tmp_path):
     import onnxruntime as ort
 
