@@ -27,6 +27,7 @@ from ros_harness import (  # noqa: E402
 from sensor_msgs.msg import Image, PointCloud2, PointField  # noqa: E402
 
 from dvd_ros import geometry  # noqa: E402
+from dvd_ros.errors import InputError  # noqa: E402
 from dvd_ros.ros import messages  # noqa: E402
 from dvd_ros.ros.depth_node import DepthNode  # noqa: E402
 from dvd_ros.ros.stand_in import StandInRegressor, disparity_of  # noqa: E402
@@ -230,21 +231,58 @@ def test_diagnostics(rig_factory):
     rig = rig_factory(metric_mode='fixed', metric_a=3.0)
     _send_all(rig, WINDOW)
     assert wait_for(lambda: rig.probe.count('depth/disparity') >= WINDOW)
-
-    def latest():
-        with rig.probe.lock:
-            msgs = [m for m in rig.probe.received['/diagnostics']
-                    if m.status and m.status[0].name == rig.node.get_fully_qualified_name()]
-        return {kv.key: kv.value for kv in msgs[-1].status[0].values} if msgs else {}
-
-    assert wait_for(lambda: latest().get('frames out') == str(WINDOW), timeout=5)
-    values = latest()
+    assert wait_for(lambda: _diagnostics(rig).get('frames out') == str(WINDOW), timeout=5)
+    values = _diagnostics(rig)
     for key in ('input rate (Hz)', 'output rate (Hz)', 'latency stamp->publish mean (ms)',
                 'model time per window (ms)', 'frames dropped', 'backend', 'dtype',
                 'metric mode', 'metric scale a (1/m)', 'metric shift b (1/m)', 'queue'):
         assert key in values, key
     assert values['backend'] == 'stand-in' and values['metric mode'] == 'fixed'
     assert values['metric scale a (1/m)'] == '3' and values['windows run'] == '1'
+    # The defaults of the alignment options are reported too.
+    assert (values['alignment robust'], values['alignment scale fit'],
+            values['alignment scale clip'], values['alignment drift prior']) == (
+        'none', 'symmetric', '[0.7, 1.5]', 'off')
+
+
+def _diagnostics(rig):
+    """Return the latest /diagnostics key/values of the rig's node ({} before the first)."""
+    with rig.probe.lock:
+        msgs = [m for m in rig.probe.received['/diagnostics']
+                if m.status and m.status[0].name == rig.node.get_fully_qualified_name()]
+    return {kv.key: kv.value for kv in msgs[-1].status[0].values} if msgs else {}
+
+
+def test_alignment_options_reach_stream_and_diagnostics(rig_factory):
+    rig = rig_factory(align_robust='huber', align_symmetric=False, scale_clip_low=0.5,
+                      scale_clip_high=2.0, drift_strength=0.01, drift_horizon=4,
+                      flush_mode='pad', confidence_tau=0.1, policy='blend')
+    stream = rig.node._stream
+    assert (stream.robust, stream.symmetric, stream.scale_clip, stream.drift_strength,
+            stream.drift_horizon, stream.flush_mode, stream.confidence_tau, stream.policy) == (
+        'huber', False, (0.5, 2.0), 0.01, 4, 'pad', 0.1, 'blend')
+    _send_all(rig, WINDOW + WINDOW - OVERLAP)  # two windows: one alignment
+    assert wait_for(lambda: _diagnostics(rig).get('windows run') == '2', timeout=5)
+    values = _diagnostics(rig)
+    assert {k: values[k] for k in (
+        'policy', 'alignment robust', 'alignment scale fit', 'alignment scale clip',
+        'alignment drift prior', 'flush mode', 'confidence tau')} == {
+        'policy': 'blend', 'alignment robust': 'huber', 'alignment scale fit': 'least squares',
+        'alignment scale clip': '[0.5, 2]',
+        'alignment drift prior': 'strength 0.01, horizon 4 windows', 'flush mode': 'pad',
+        'confidence tau': '0.1'}
+    assert 0.0 <= float(values['window alignment inliers']) <= 1.0
+    assert values['window alignment scale clipped'] in ('true', 'false')
+
+
+def test_bad_alignment_option_stops_the_node(context):
+    for params, message in [({'align_robust': 'trimmed'},
+                             'align_robust must be one of none, huber, tukey, trim'),
+                            ({'scale_clip_low': 1.6}, 'scale_clip_low .1.6. must be <= '
+                             'scale_clip_high .1.5.')]:
+        with pytest.raises(InputError, match=message):
+            DepthNode(StandInRegressor(), context=context,
+                      parameter_overrides=overrides(backend='stand-in', **params))
 
 
 def test_anchored_image_hint_recovers_metric_depth(rig_factory):

@@ -1,6 +1,7 @@
 """Parameter declarations, validation, dynamic updates, and the YAML mirror."""
 
-from dataclasses import fields
+from dataclasses import fields, replace
+import inspect
 from pathlib import Path
 import uuid
 
@@ -20,6 +21,7 @@ from dvd_ros.ros.params import (  # noqa: E402
     DepthParams,
     yaml_defaults,
 )
+from dvd_ros.stream.estimator import StreamingDepth  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -82,6 +84,12 @@ def test_overrides_and_clear_errors(context):
         ({'backend': 'cuda-magic'}, 'backend'),
         ({'metric_mode': 'fixed', 'metric_a': -1.0, 'metric_b': 0.0}, 'no positive inverse'),
         ({'qos_depth': 'ten'}, 'qos_depth'),
+        ({'align_robust': 'trimmed'}, 'align_robust'),
+        ({'scale_clip_low': 2.0, 'scale_clip_high': 1.5},
+         r'scale_clip_low \(2.0\) must be <= scale_clip_high \(1.5\)'),
+        ({'scale_clip_low': 0.0}, 'scale_clip_low'),
+        ({'drift_strength': -0.1}, 'drift_strength'),
+        ({'confidence_tau': 0.0}, 'confidence_tau'),
     ]
     for overrides, message in cases:
         node = _node(context, **overrides)
@@ -122,3 +130,26 @@ def test_spec_check_messages():
     assert 'steps of 4' in SPECS['window'].check(7)
     assert 'must be a double' in SPECS['max_range'].check('far')
     assert 'finite' in SPECS['metric_a'].check(float('nan'))
+
+
+def test_stream_options_map_to_streaming_depth():
+    defaults = DepthParams.defaults().stream_options()
+    signature = inspect.signature(StreamingDepth).parameters
+    # The node's defaults are the streaming core's (only window/overlap differ).
+    for name, value in defaults.items():
+        assert signature[name].default == value, name
+    custom = replace(DepthParams.defaults(), align_robust='tukey', align_symmetric=False,
+                     scale_clip_low=0.5, scale_clip_high=2.0, drift_strength=0.01,
+                     drift_horizon=3, flush_mode='pad', confidence_tau=0.1,
+                     policy='blend').validate()
+    assert custom.stream_options() == {
+        'policy': 'blend', 'scale_clip': (0.5, 2.0), 'robust': 'tukey', 'symmetric': False,
+        'flush_mode': 'pad', 'drift_strength': 0.01, 'drift_horizon': 3,
+        'confidence_tau': 0.1}
+    stream = StreamingDepth(_Predictor(), 5, 2, **custom.stream_options())
+    assert (stream.robust, stream.scale_clip, stream.drift_horizon) == ('tukey', (0.5, 2.0), 3)
+
+
+class _Predictor:
+    def predict(self, frames):
+        return frames[..., 0].astype('float32') / 255

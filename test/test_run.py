@@ -32,12 +32,18 @@ def test_missing_params_file(capsys, keep_signal_handlers):
     assert "parameter file '/nope/depth.yaml' not found" in capsys.readouterr().err
 
 
-def test_bad_parameter_is_one_line_error(capsys, keep_signal_handlers):
-    status = cli.main(['run', '--backend', 'stand-in', '-p', 'window=5', '-p', 'overlap=5',
-                       '--duration', '0.1'])
+@pytest.mark.parametrize('sets, message', [
+    (['window=5', 'overlap=5'], 'parameter overlap (5) must be smaller'),
+    (['align_robust=trimmed'], 'parameter align_robust must be one of none, huber, tukey'),
+])
+def test_bad_parameter_is_one_line_error(capsys, keep_signal_handlers, sets, message):
+    args = ['run', '--backend', 'stand-in', '--duration', '0.1']
+    for item in sets:
+        args += ['-p', item]
+    status = cli.main(args)
     err = capsys.readouterr().err
     assert status == 2
-    assert err.startswith('dvd-ros run: error: parameter overlap (5) must be smaller')
+    assert err.startswith(f'dvd-ros run: error: {message}')
     assert len(err.strip().splitlines()) == 1
 
 

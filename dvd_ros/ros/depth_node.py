@@ -79,6 +79,28 @@ def _thin(n):
     return np.linspace(0, n - 1, HINT_MAX_SAMPLES).astype(np.int64)
 
 
+def alignment_options(stream):
+    """Describe the alignment options a stream runs with, as diagnostics ``{key: text}``.
+
+    Read from the stream itself (not the parameters), so it shows what is really in force.
+    """
+    clip = stream.scale_clip
+    drift = 'off'
+    if stream.drift_strength > 0:
+        horizon = 'all' if stream.drift_horizon is None else f'{stream.drift_horizon}'
+        drift = f'strength {stream.drift_strength:g}, horizon {horizon} windows'
+    return {
+        'policy': stream.policy,
+        'alignment robust': {False: 'none', None: 'none', True: 'huber'}.get(stream.robust,
+                                                                           stream.robust),
+        'alignment scale fit': 'symmetric' if stream.symmetric else 'least squares',
+        'alignment scale clip': 'off' if clip is None else f'[{clip[0]:g}, {clip[1]:g}]',
+        'alignment drift prior': drift,
+        'flush mode': stream.flush_mode,
+        'confidence tau': f'{stream.confidence_tau:g}',
+    }
+
+
 class DepthNode(Node):
     """ROS 2 node running DVD on one camera (see docs/ros.md for topics and parameters).
 
@@ -161,7 +183,7 @@ class DepthNode(Node):
 
     def _make_stream(self, p):
         from dvd_ros.stream.estimator import StreamingDepth
-        return StreamingDepth(self.regressor, p.window, p.overlap, policy=p.policy)
+        return StreamingDepth(self.regressor, p.window, p.overlap, **p.stream_options())
 
     def _backend_name(self):
         return str(getattr(self.regressor, 'backend_name', type(self.regressor).__name__))
@@ -472,10 +494,13 @@ class DepthNode(Node):
         if fit is not None:
             extra['metric fit residual (1/m)'] = f'{fit.residual:.4g}'
             extra['metric fit inliers'] = f'{fit.inlier_fraction:.2f} of {fit.n}'
+        extra.update(alignment_options(self._stream))
         if stream_stats.windows:
             extra['window alignment scale / shift'] = (
                 f'{stream_stats.last_scale:.4g} / {stream_stats.last_shift:.4g}')
             extra['window alignment residual'] = f'{stream_stats.last_residual:.4g}'
+            extra['window alignment scale clipped'] = str(stream_stats.last_clipped).lower()
+            extra['window alignment inliers'] = f'{stream_stats.last_inlier_fraction:.2f}'
         status = diagnostics.status(
             self.get_fully_qualified_name(), self._hardware_id(), self.stats, extra,
             self.queue_length, p.queue_size, more_dropped=stream_stats.dropped)

@@ -26,6 +26,8 @@ from rclpy.exceptions import (
 from dvd_ros.colorize import COLORMAPS
 from dvd_ros.errors import InputError
 from dvd_ros.model.backends import BACKENDS
+from dvd_ros.stream.align import ROBUST_METHODS
+from dvd_ros.stream.estimator import FLUSH_MODES
 
 # The stand-in model: deterministic, no torch, optional delay; for tests and DDS benchmarks.
 STAND_IN_BACKEND = 'stand-in'
@@ -34,6 +36,8 @@ HINT_TYPES = ('image', 'points')
 POLICIES = ('immediate', 'blend')
 RELIABILITIES = ('reliable', 'best_effort')
 DTYPES = ('float32', 'float16', 'bfloat16')
+# 'none' stands for the reference plain least squares (robust=False of StreamingDepth).
+ALIGN_ROBUST = ('none',) + ROBUST_METHODS
 
 
 @dataclass(frozen=True)
@@ -126,6 +130,26 @@ DEPTH_PARAMETERS = (
        'dropped (counted in diagnostics)', range=(1, 1000), unit='frames'),
     _p('output_scale', 1.0, 'resize factor of the outputs relative to the input image '
        '(CameraInfo K is scaled to match)', range=(0.05, 1.0)),
+    # Window alignment (StreamingDepth options; docs/streaming.md has the measurements)
+    _p('align_robust', 'none', 'robust loss of the window-to-window scale/shift fit, for '
+       'moving objects two windows disagree on: none (least squares, the reference), huber, '
+       'tukey, or trim (drop the worst fifth of the pixels and refit)', choices=ALIGN_ROBUST),
+    _p('align_symmetric', True, 'geometric-mean scale fit (less drift towards flat depth); '
+       'false = ordinary least squares, the reference'),
+    _p('scale_clip_low', 0.7, 'smallest window-to-window alignment scale (reference 0.7); '
+       'must be <= scale_clip_high', range=(0.001, 1000.0)),
+    _p('scale_clip_high', 1.5, 'largest alignment scale (reference 1.5); 0.001 and 1000 '
+       'practically disable the clip, equal bounds fix the scale', range=(0.001, 1000.0)),
+    _p('drift_strength', 0.0, 'weight of the percentile drift prior relative to the overlap '
+       'data; 0 = off (it biases the fit when the scene depth range changes)',
+       range=(0.0, 100.0)),
+    _p('drift_horizon', 0, 'windows averaged into the drift prior reference (exponential '
+       'mean); 0 = all', range=(0, 1_000_000), unit='windows'),
+    _p('flush_mode', 'reanchor', 'how the stream tail is finished when the stream restarts '
+       '(resolution change, time jump): reanchor (rerun the last window frames, the '
+       'reference) or pad (overlap + tail, padded by the model)', choices=FLUSH_MODES),
+    _p('confidence_tau', 0.05, 'window disagreement (disparity units) at which '
+       'depth/confidence is 1/e', range=(0.0001, 10.0)),
     # Metric depth
     _p('metric_mode', 'none', 'how relative disparity becomes metres: none (publish '
        'disparity only), fixed (metric_a, metric_b), anchored (fit to metric_hint per window)',
@@ -187,6 +211,14 @@ class DepthParams:
     policy: str
     queue_size: int
     output_scale: float
+    align_robust: str
+    align_symmetric: bool
+    scale_clip_low: float
+    scale_clip_high: float
+    drift_strength: float
+    drift_horizon: int
+    flush_mode: str
+    confidence_tau: float
     metric_mode: str
     metric_a: float
     metric_b: float
@@ -224,9 +256,28 @@ class DepthParams:
         if self.overlap >= self.window:
             raise InputError(f'parameter overlap ({self.overlap}) must be smaller than window '
                              f'({self.window}); e.g. window 9, overlap 4')
+        if self.scale_clip_low > self.scale_clip_high:
+            raise InputError(f'parameter scale_clip_low ({self.scale_clip_low}) must be <= '
+                             f'scale_clip_high ({self.scale_clip_high}); e.g. 0.7 and 1.5')
         if self.metric_mode == 'fixed':
             _check_fixed(self.metric_a, self.metric_b)
         return self
+
+    def stream_options(self):
+        """Return the keyword arguments of :class:`~dvd_ros.stream.estimator.StreamingDepth`.
+
+        :return: ``{name: value}`` for every option except ``regressor``, ``window``, ``overlap``.
+        """
+        return {
+            'policy': self.policy,
+            'scale_clip': (self.scale_clip_low, self.scale_clip_high),
+            'robust': False if self.align_robust == 'none' else self.align_robust,
+            'symmetric': self.align_symmetric,
+            'flush_mode': self.flush_mode,
+            'drift_strength': self.drift_strength,
+            'drift_horizon': self.drift_horizon or None,
+            'confidence_tau': self.confidence_tau,
+        }
 
 
 def _check_fixed(a, b):
