@@ -14,6 +14,7 @@ import argparse
 import json
 import time
 
+import numpy as np
 import torch
 
 from dvd_ros.model.checkpoint import load_models
@@ -53,7 +54,8 @@ def main():
         models = load_models(folder)
         t0 = time.perf_counter()
         rows[name] = evaluate(LatentPredictor(models.vae, models.transformer,
-                                              models.latents_mean, models.latents_std), clips)
+                                              models.latents_mean, models.latents_std), clips,
+                              per_clip=True)
         rows[name]['seconds_per_clip'] = (time.perf_counter() - t0) / len(clips)
         rows[name]['train_steps'] = models.meta.get('train', {}).get('steps')
         rows[name]['train_seconds'] = models.meta.get('train_seconds')
@@ -63,6 +65,15 @@ def main():
     for name, r in rows.items():
         print(f"{name:20s} {r['abs_rel']:8.4f} {r['delta1']:8.4f} {r['boundary_f1']:8.4f} "
               f"{r['flicker']:8.4f}")
+    names = list(runs)
+    if len(names) >= 2:
+        a, b = rows[names[0]]['per_clip'], rows[names[1]]['per_clip']
+        print(f'paired per-clip difference {names[0]} - {names[1]} (mean +- standard error, '
+              f'{len(a)} clips):')
+        for k in ('abs_rel', 'delta1', 'boundary_f1', 'flicker'):
+            d = np.array([x[k] - y[k] for x, y in zip(a, b)])
+            d = d[np.isfinite(d)]
+            print(f'  {k:12s} {d.mean():+.4f} +- {d.std(ddof=1) / np.sqrt(len(d)):.4f}')
     if args.json:
         with open(args.json, 'w') as f:
             json.dump({'clips': args.clips, 'frames': args.frames, 'start': args.start,

@@ -117,11 +117,17 @@ def held_out_clips(seeds, frames=9, height=64, width=96, stride=2, start=0):
             for s in seeds]
 
 
-def evaluate(predict, clips):
-    """Mean metrics of ``predict(uint8 (T, H, W, 3)) -> (T, H, W)`` over ``clips``."""
+def evaluate(predict, clips, per_clip=False):
+    """Mean metrics of ``predict(uint8 (T, H, W, 3)) -> (T, H, W)`` over ``clips``.
+
+    :param per_clip: also return the list of per-clip metric dicts under ``'per_clip'``
+    """
     rows = [evaluate_clip(np.asarray(predict(rgb)), depth) for rgb, depth in clips]
     keys = ('abs_rel', 'delta1', 'boundary_f1', 'flicker')
-    return {k: float(np.nanmean([r[k] for r in rows])) for k in keys} | {'clips': len(rows)}
+    out = {k: float(np.nanmean([r[k] for r in rows])) for k in keys} | {'clips': len(rows)}
+    if per_clip:
+        out['per_clip'] = rows
+    return out
 
 
 class MeanDisparity:
