@@ -54,6 +54,18 @@ def test_docs_list_every_parameter():
     text = (REPO / 'docs' / 'ros.md').read_text()
     missing = [s.name for s in DEPTH_PARAMETERS if f'`{s.name}`' not in text]
     assert not missing
+    # The parameter table's type, default and dynamic columns agree with the declarations.
+    rows = {}
+    for line in text.splitlines():
+        cells = [c.strip() for c in line.strip().strip('|').split('|')]
+        if len(cells) == 6 and cells[0].startswith('`') and cells[0].strip('`') in SPECS:
+            rows.setdefault(cells[0].strip('`'), cells)
+    for spec in DEPTH_PARAMETERS:
+        default = (str(spec.default).lower() if isinstance(spec.default, bool)
+                   else repr(spec.default))
+        dynamic = 'yes' if spec.dynamic else 'no'
+        assert rows[spec.name][1:3] + [rows[spec.name][4]] == [
+            spec.type_name, f'`{default}`', dynamic], spec.name
 
 
 def test_descriptors(context):
