@@ -51,7 +51,7 @@ def test_yaml_mirrors_every_parameter():
 
 
 def test_docs_list_every_parameter():
-    text = (REPO / 'docs' / 'ros.md').read_text()
+    text = (REPO / 'README.md').read_text()
     missing = [s.name for s in DEPTH_PARAMETERS if f'`{s.name}`' not in text]
     assert not missing
     # The parameter table's type, default and dynamic columns agree with the declarations.
