@@ -14,7 +14,7 @@ from dvd_ros.train import latent
 from dvd_ros.train.data import JointSampler, render_bank
 from dvd_ros.train.export import fold_latent_statistics, save_trained
 from dvd_ros.train.lora import DIFFUSERS_TARGETS, add_lora, merge_lora
-from dvd_ros.train.trainer import TrainConfig, Trainer
+from dvd_ros.train.trainer import LatentBank, TrainConfig, Trainer
 
 DIT = {'patch_size': [1, 2, 2], 'num_attention_heads': 2, 'attention_head_dim': 12,
        'in_channels': 16, 'out_channels': 16, 'text_dim': 8, 'freq_dim': 16, 'ffn_dim': 32,
@@ -202,3 +202,20 @@ def test_cli_rejects_bad_arguments(tmp_path, capsys):
     assert main(['train', str(tmp_path), '--stage', 'dit']) == 2
     err = capsys.readouterr().err
     assert 'START:STOP' in err and 'multiples of 16' in err and '--vae' in err
+
+
+def test_mixed_video_lengths_share_one_latent_bank(bank, tmp_path):
+    vae, _ = _models()
+    lb = LatentBank.encode(vae, bank, presets.LATENTS_MEAN, presets.LATENTS_STD, [1, 5])
+    lb.save(tmp_path / 'lat.pt')
+    lb = LatentBank.load(tmp_path / 'lat.pt')
+    assert {n: v[0].shape[2] for n, v in lb.videos.items()} == {1: 1, 5: 2}
+    s = JointSampler(len(bank), 5, video_frames=(1, 5), image_weight=0.0,
+                     rng=np.random.default_rng(0), image_first_frame=True)
+    lengths = {s.draw()[0][2] for _ in range(20)}
+    assert lengths == {1, 5}
+    rgb, tgt = lb.batch([(0, 0, 5), (1, 0, 5)])
+    assert rgb.shape == tgt.shape == (2, 16, 2, 4, 4)
+    # The causal VAE encodes frame 0 alone: image latents are the first video latent frame.
+    torch.testing.assert_close(lb.videos[5][0][:, :, :1], lb.videos[1][0], rtol=1e-4,
+                               atol=1e-5)

@@ -26,8 +26,9 @@ def add_parser(subparsers):
     p.add_argument('--seeds', default='0:240', help='scene seeds as START:STOP (default 0:240)')
     p.add_argument('--clips-per-seed', type=int, default=4)
     p.add_argument('--clip-frames', type=int, default=9)
-    p.add_argument('--video-frames', type=int, default=None,
-                   help='frames per video sample, 4n+1 (default 5 for vae, 9 for dit)')
+    p.add_argument('--video-frames', default=None,
+                   help='frames per video sample, 4n+1, or a comma list drawn per batch '
+                        '(e.g. 5,9; default 5 for vae, 9 for dit)')
     p.add_argument('--seed', type=int, default=0, help='training RNG seed')
     p.add_argument('--loss', choices=('full', 'l2'), default='full',
                    help='full = MSE + 0.5 (L_t + L_h + L_w); l2 = MSE only (ablation)')
@@ -73,9 +74,16 @@ def run(args):
         raise CliError(f'--height/--width must be multiples of 16, got {args.height}x'
                        f'{args.width}')
     if args.video_frames is None:
-        args.video_frames = 5 if args.stage == 'vae' else min(9, args.clip_frames)
-    if args.video_frames % 4 != 1:
-        raise CliError(f'--video-frames must be 4n+1, got {args.video_frames}')
+        args.video_frames = str(5 if args.stage == 'vae' else min(9, args.clip_frames))
+    try:
+        lengths = [int(x) for x in str(args.video_frames).split(',')]
+    except ValueError:
+        raise CliError(f'--video-frames must be integers 4n+1, got '
+                       f'{args.video_frames!r}') from None
+    if any(n % 4 != 1 or n > args.clip_frames for n in lengths):
+        raise CliError(f'--video-frames must be 4n+1 and <= --clip-frames {args.clip_frames}, '
+                       f'got {args.video_frames!r}')
+    args.video_frames = lengths[0] if len(lengths) == 1 else lengths
     if args.stage == 'dit' and not args.vae and not args.base:
         raise CliError('stage dit needs --vae DIR (output of --stage vae) or --base WEIGHTS')
     out = Path(args.out)

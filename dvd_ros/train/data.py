@@ -68,21 +68,24 @@ class JointSampler:
 
     :param n_clips: number of clips in the bank
     :param clip_frames: frames per clip in the bank
-    :param video_frames: frames per video sample (4n + 1, <= clip_frames)
+    :param video_frames: frames per video sample (4n + 1, <= clip_frames), or a sequence of
+        such lengths drawn uniformly per video batch
     :param image_batch: clips per image batch (one random frame each)
     :param video_batch: clips per video batch
     :param image_weight: probability weight of an image batch (video gets ``1 - image_weight``)
     :param rng: numpy Generator (its state is part of the resumable training state)
-    :param image_first_frame: images are always frame 0 of a clip (precomputed latents)
+    :param image_first_frame: images and videos always start at frame 0 of a clip
+        (precomputed latents)
     """
 
     def __init__(self, n_clips, clip_frames, video_frames=5, image_batch=8, video_batch=2,
                  image_weight=1 / 6, rng=None, image_first_frame=False):
-        if video_frames % 4 != 1 or video_frames > clip_frames:
+        lengths = tuple(int(v) for v in np.atleast_1d(video_frames))
+        if not lengths or any(v % 4 != 1 or v > clip_frames for v in lengths):
             raise InputError(f'video_frames must be 4n+1 and <= {clip_frames}, got '
                              f'{video_frames}')
         self.n_clips, self.clip_frames = n_clips, clip_frames
-        self.video_frames = video_frames
+        self.lengths = lengths
         self.image_batch, self.video_batch = image_batch, video_batch
         self.image_weight = image_weight
         self.image_first_frame = image_first_frame
@@ -96,7 +99,11 @@ class JointSampler:
             if self.image_first_frame:
                 starts[:] = 0
             return [(int(i), int(s), 1) for i, s in zip(idx, starts)]
+        # A single length draws nothing extra, so such runs keep their exact random stream.
+        length = self.lengths[0] if len(self.lengths) == 1 else int(
+            self.lengths[int(self.rng.integers(len(self.lengths)))])
         idx = self.rng.integers(self.n_clips, size=self.video_batch)
-        starts = self.rng.integers(self.clip_frames - self.video_frames + 1,
-                                   size=self.video_batch)
-        return [(int(i), int(s), self.video_frames) for i, s in zip(idx, starts)]
+        starts = self.rng.integers(self.clip_frames - length + 1, size=self.video_batch)
+        if self.image_first_frame:
+            starts[:] = 0
+        return [(int(i), int(s), length) for i, s in zip(idx, starts)]

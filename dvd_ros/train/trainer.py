@@ -45,7 +45,7 @@ class TrainConfig:
     grad_clip: float = 1.0
     warmup: int = 5  # ConstantLR(factor 1/3) for the first steps, as the reference
     cosine: bool = False  # decay to 10 % (used for the from-scratch tiny stages)
-    video_frames: int = 5
+    video_frames: int | list = 5  # one length, or several (drawn per video batch)
     image_batch: int = 8
     video_batch: int = 2
     image_weight: float = 1 / 6
@@ -109,7 +109,7 @@ class Trainer:
         if cfg.stage == 'dit':
             self.latents = latents if latents is not None else LatentBank.encode(
                 vae, bank, latents_mean, latents_std, cfg.video_frames)
-            frames = cfg.video_frames
+            frames = max(np.atleast_1d(cfg.video_frames))
         self.sampler = JointSampler(len(bank), frames, cfg.video_frames, cfg.image_batch,
                                     cfg.video_batch, cfg.image_weight,
                                     rng=np.random.default_rng(cfg.seed),
@@ -205,57 +205,66 @@ class Trainer:
 class LatentBank:
     """Normalised latents of a ClipBank under a frozen VAE, computed once (stage 'dit').
 
-    Per clip: the video latents of its first ``frames`` frames (RGB and clip-normalised
-    disparity target) and the image target of frame 0 normalised on its own. The causal VAE
-    encodes frame 0 alone, so the image RGB latent is the first video latent frame.
+    Per clip and video length T: the latents of its first T frames (RGB and clip-normalised
+    disparity target); plus the image target of frame 0 normalised on its own. The causal VAE
+    encodes frame 0 alone, so the image RGB latent is the first latent frame of any video.
     """
 
-    def __init__(self, rgb, target, target_image):
-        self.rgb, self.target, self.target_image = rgb, target, target_image
+    def __init__(self, videos, target_image):
+        self.videos = videos  # {T: (rgb (N, 16, T', h, w), target (N, 16, T', h, w))}
+        self.target_image = target_image
 
     @classmethod
     @torch.no_grad()
     def encode(cls, vae, bank, mean, std, frames, progress=False, chunk=16):
-        """Encode every clip of ``bank`` -> LatentBank (float32 tensors on the CPU).
+        """Encode every clip of ``bank`` at each length in ``frames`` -> LatentBank.
 
         Clips are encoded ``chunk`` at a time: the Wan VAE's per-frame Python loop dominates
         at these sizes, so batching amortises it.
         """
         from tqdm import tqdm
 
-        rgb, tgt, img = [], [], []
+        lengths = [int(f) for f in np.atleast_1d(frames)]
+        videos = {n: ([], []) for n in lengths}
+        img = []
         for k0 in tqdm(range(0, len(bank), chunk), desc='encode', unit='chunk',
                        disable=not progress, mininterval=5):
             ks = range(k0, min(k0 + chunk, len(bank)))
-            r = torch.from_numpy(np.stack([rgb_video(bank.rgb[k, :frames]) for k in ks]))
-            t = torch.from_numpy(np.stack([
-                target_video(normalized_disparity(bank.depth[k, :frames])) for k in ks]))
+            for n in lengths:
+                r = torch.from_numpy(np.stack([rgb_video(bank.rgb[k, :n]) for k in ks]))
+                t = torch.from_numpy(np.stack([
+                    target_video(normalized_disparity(bank.depth[k, :n])) for k in ks]))
+                videos[n][0].append(latent.encode(vae, r, mean, std))
+                videos[n][1].append(latent.encode(vae, t, mean, std))
             i = torch.from_numpy(np.stack([
                 target_video(normalized_disparity(bank.depth[k, :1])) for k in ks]))
-            rgb.append(latent.encode(vae, r, mean, std))
-            tgt.append(latent.encode(vae, t, mean, std))
             img.append(latent.encode(vae, i, mean, std))
-        return cls(torch.cat(rgb), torch.cat(tgt), torch.cat(img))
+        return cls({n: (torch.cat(r), torch.cat(t)) for n, (r, t) in videos.items()},
+                   torch.cat(img))
 
     def save(self, path):
         """Write the latents to ``path`` (torch file) atomically (other runs may be waiting)."""
         tmp = Path(str(path) + '.tmp')
-        torch.save({'rgb': self.rgb, 'target': self.target, 'target_image': self.target_image},
-                   tmp)
+        torch.save({'videos': self.videos, 'target_image': self.target_image}, tmp)
         tmp.replace(path)
 
     @classmethod
     def load(cls, path):
         """Read latents written by ``save``."""
         d = torch.load(path, map_location='cpu')
-        return cls(d['rgb'], d['target'], d['target_image'])
+        if 'videos' not in d:  # single-length files of the first version
+            d['videos'] = {4 * d['rgb'].shape[2] - 3: (d['rgb'], d['target'])}
+        return cls(d['videos'], d['target_image'])
 
     def batch(self, draw):
         """Return (RGB latents, target latents) (B, 16, T', h, w) for a JointSampler draw."""
         idx = torch.tensor([k for k, _, _ in draw])
-        if draw[0][2] == 1:
-            return self.rgb[idx, :, :1], self.target_image[idx]
-        return self.rgb[idx], self.target[idx]
+        length = draw[0][2]
+        if length == 1:
+            rgb = next(iter(self.videos.values()))[0]
+            return rgb[idx, :, :1], self.target_image[idx]
+        rgb, target = self.videos[length]
+        return rgb[idx], target[idx]
 
 
 @torch.no_grad()
