@@ -51,6 +51,10 @@ def test_demo_outputs_and_recomputed_accuracy(tmp_path, weights, capsys, monkeyp
     xyz, rgb = read_ply(out / 'cloud.ply')
     assert len(xyz) > 0 and np.isfinite(xyz).all() and (xyz[:, 2] > 0).all()
     assert saved['diagnostics'], 'no /diagnostics status recorded'
+    if not weights:
+        # The embedded model, on a held-out scene, must clearly beat a constant prediction.
+        assert saved['protocol']['abs_rel'] < 0.8 * saved['baseline']['abs_rel'], saved
+        assert saved['protocol']['delta1'] > saved['baseline']['delta1'] + 0.1, saved
 
 
 def test_demo_rejects_bad_arguments(tmp_path, capsys):

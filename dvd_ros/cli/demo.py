@@ -36,15 +36,33 @@ def add_parser(subparsers):
     parser.add_argument('--height', type=int, default=96, help='camera height (px)')
     parser.add_argument('--width', type=int, default=128, help='camera width (px)')
     parser.add_argument('--rate', type=float, default=10.0, help='camera rate (Hz)')
-    parser.add_argument('--window', type=int, default=9, help='model window (4n+1 frames)')
-    parser.add_argument('--overlap', type=int, default=4, help='window overlap (frames)')
+    parser.add_argument('--window', type=int, default=None,
+                        help='model window (4n+1 frames); default: what the weights recommend '
+                        '(5 for the embedded model), else 9')
+    parser.add_argument('--overlap', type=int, default=None,
+                        help='window overlap (frames); default: (window - 1) / 2')
     parser.add_argument('--timeout', type=float, default=300.0,
                         help='give up after this many seconds')
     parser.set_defaults(func=run)
     return parser
 
 
+def _recommended_window(weights):
+    """Return the window a converted folder's ``dvd_ros.json`` recommends, or None."""
+    from dvd_ros.model.checkpoint import DEFAULT_WEIGHTS
+
+    meta = Path(weights or DEFAULT_WEIGHTS) / 'dvd_ros.json'
+    try:
+        return int(json.loads(meta.read_text())['recommended_window'])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
 def _check_args(args):
+    if args.window is None:
+        args.window = _recommended_window(args.weights) or 9
+    if args.overlap is None:
+        args.overlap = (args.window - 1) // 2
     if args.frames < 2:
         raise CliError(f'--frames {args.frames}: need at least 2 frames to score')
     if args.window < 1 or args.window % 4 != 1:

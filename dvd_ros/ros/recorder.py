@@ -9,6 +9,8 @@ import os
 from pathlib import Path
 import time
 
+import numpy as np
+
 from dvd_ros.errors import DvdError
 
 
@@ -116,6 +118,11 @@ def record_demo(camera_params, depth_params, frames, timeout, regressor=None, lo
     return recording
 
 
+def _disparity(msg):
+    from dvd_ros.ros import messages
+    return np.array(messages.image_to_array(msg, ('32FC1',)), dtype=np.float32)
+
+
 def _make_recorder(context, recording):
     from diagnostic_msgs.msg import DiagnosticArray
     from rclpy.node import Node
@@ -141,8 +148,9 @@ def _make_recorder(context, recording):
     node.create_subscription(Image, 'image', keep(recording.rgb, messages.image_to_rgb), sensor)
     node.create_subscription(Image, 'ground_truth/depth',
                              keep(recording.truth, messages.image_to_depth), sensor)
+    # Disparity 0 is valid (the far end), unlike depth 0: read it as is, not as REP 118 depth.
     node.create_subscription(Image, 'depth/disparity',
-                             keep(recording.disparity, messages.image_to_depth), 50)
+                             keep(recording.disparity, _disparity), 50)
     node.create_subscription(Image, 'depth/image',
                              keep(recording.depth, messages.image_to_depth), 50)
     node.create_subscription(PointCloud2, 'depth/points',
