@@ -16,19 +16,16 @@ import time
 import cv2
 from diagnostic_msgs.msg import DiagnosticArray
 import numpy as np
-import rclpy
-from rclpy.executors import ExternalShutdownException, SingleThreadedExecutor
 from rclpy.node import Node
 from rclpy.qos import HistoryPolicy, QoSProfile, ReliabilityPolicy, qos_profile_sensor_data
-from rclpy.signals import SignalHandlerOptions
 from sensor_msgs.msg import CameraInfo, Image, PointCloud2
 
 from dvd_ros import geometry
 from dvd_ros.colorize import colorize
-from dvd_ros.errors import DvdError, InputError
+from dvd_ros.errors import InputError
 from dvd_ros.ros import diagnostics, messages
 from dvd_ros.ros.params import STAND_IN_BACKEND, DepthParameters
-from dvd_ros.ros.shutdown import ShutdownRequest, exit_now_if_busy, finish, spin_until_shutdown
+from dvd_ros.ros.shutdown import run_node
 from dvd_ros.ros.sync import StampBuffer, StampSync, stamp_ns
 
 # Seconds between two log lines about the same problem (the count of repeats is kept).
@@ -531,28 +528,7 @@ class DepthNode(Node):
 
 def main(argv=None):
     """Run one depth node (``ros2 run dvd_ros depth_node``); returns the exit status."""
-    argv = sys.argv if argv is None else argv
-    request = ShutdownRequest().install()
-    context = rclpy.context.Context()
-    rclpy.init(args=argv, context=context, signal_handler_options=SignalHandlerOptions.NO)
-    node = None
-    executor = SingleThreadedExecutor(context=context)
-    status = 0
-    clean = True
-    try:
-        node = DepthNode(context=context)
-        executor.add_node(node)
-        spin_until_shutdown(executor, request)
-    except DvdError as exc:
-        print(f'depth_node: error: {exc}', file=sys.stderr)
-        status = 2
-    except (KeyboardInterrupt, ExternalShutdownException):
-        pass
-    finally:
-        clean = finish([node] if node is not None else [], executor, context)
-    exit_now_if_busy(clean, status)
-    request.ignore_further()
-    return status
+    return run_node(DepthNode, 'depth_node', argv)
 
 
 if __name__ == '__main__':

@@ -6,6 +6,12 @@ import sys
 import threading
 import time
 
+import rclpy
+from rclpy.executors import ExternalShutdownException, SingleThreadedExecutor
+from rclpy.signals import SignalHandlerOptions
+
+from dvd_ros.errors import DvdError
+
 
 class ShutdownRequest:
     """SIGINT/SIGTERM handler: the first signal asks to stop, later ones are ignored quietly.
@@ -81,3 +87,38 @@ def exit_now_if_busy(clean, status):
         sys.stdout.flush()
         sys.stderr.flush()
         os._exit(status)
+
+
+def run_node(make_node, name, argv=None):
+    """Spin one node in its own context until a signal or shutdown; return the exit status.
+
+    The body of a node's ``main``: a :class:`DvdError` while building the node prints
+    ``<name>: error: ...`` and gives status 2.
+
+    :param make_node: callable ``make_node(context=...)`` returning the node.
+    :param name: executable name for the error line.
+    :param argv: command line with ROS arguments (default ``sys.argv``).
+    :return: 0, or 2 after a :class:`DvdError`.
+    """
+    argv = sys.argv if argv is None else argv
+    request = ShutdownRequest().install()
+    context = rclpy.context.Context()
+    rclpy.init(args=argv, context=context, signal_handler_options=SignalHandlerOptions.NO)
+    node = None
+    executor = SingleThreadedExecutor(context=context)
+    status = 0
+    clean = True
+    try:
+        node = make_node(context=context)
+        executor.add_node(node)
+        spin_until_shutdown(executor, request)
+    except DvdError as exc:
+        print(f'{name}: error: {exc}', file=sys.stderr)
+        status = 2
+    except (KeyboardInterrupt, ExternalShutdownException):
+        pass
+    finally:
+        clean = finish([node] if node is not None else [], executor, context)
+    exit_now_if_busy(clean, status)
+    request.ignore_further()
+    return status

@@ -10,19 +10,16 @@ import sys
 
 import cv2
 import numpy as np
-import rclpy
-from rclpy.executors import ExternalShutdownException, SingleThreadedExecutor
 from rclpy.node import Node
 from rclpy.qos import qos_profile_sensor_data
-from rclpy.signals import SignalHandlerOptions
 from sensor_msgs.msg import CameraInfo, Image
 from std_msgs.msg import Header
 
 from dvd_ros import geometry
-from dvd_ros.errors import DvdError, InputError
+from dvd_ros.errors import InputError
 from dvd_ros.ros import messages
 from dvd_ros.ros.params import ParamSpec, declare_specs
-from dvd_ros.ros.shutdown import ShutdownRequest, finish, spin_until_shutdown
+from dvd_ros.ros.shutdown import run_node
 
 CAMERA_PARAMETERS = (
     ParamSpec('source', 'synthetic', '"synthetic" (procedural rooms with ground-truth depth) '
@@ -155,26 +152,7 @@ class SyntheticCamera(Node):
 
 def main(argv=None):
     """Run the synthetic camera (``ros2 run dvd_ros synthetic_camera``); returns exit status."""
-    argv = sys.argv if argv is None else argv
-    request = ShutdownRequest().install()
-    context = rclpy.context.Context()
-    rclpy.init(args=argv, context=context, signal_handler_options=SignalHandlerOptions.NO)
-    executor = SingleThreadedExecutor(context=context)
-    node = None
-    status = 0
-    try:
-        node = SyntheticCamera(context=context)
-        executor.add_node(node)
-        spin_until_shutdown(executor, request)
-    except DvdError as exc:
-        print(f'synthetic_camera: error: {exc}', file=sys.stderr)
-        status = 2
-    except (KeyboardInterrupt, ExternalShutdownException):
-        pass
-    finally:
-        finish([node] if node is not None else [], executor, context)
-    request.ignore_further()
-    return status
+    return run_node(SyntheticCamera, 'synthetic_camera', argv)
 
 
 if __name__ == '__main__':
