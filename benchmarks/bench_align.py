@@ -9,10 +9,10 @@ Prints milliseconds per window for each fit variant (same machine, same run).
 """
 
 import argparse
-import math
 import time
 
 import numpy as np
+from timing import best_ms
 
 from dvd_ros.stream.align import (
     apply_alignment,
@@ -83,16 +83,6 @@ def drift(n, seed, noise, bias, **kw):
     return max(np.abs(np.polyval(m, grid) - first).max() for m in maps) / np.ptp(first)
 
 
-def timed(fn, repeat):
-    fn()
-    best = math.inf
-    for _ in range(repeat):
-        t0 = time.perf_counter()
-        fn()
-        best = min(best, time.perf_counter() - t0)
-    return best * 1e3
-
-
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument('--overlap', type=int, default=21)
@@ -117,14 +107,14 @@ def main():
                       ('tukey IRLS', {'robust': 'tukey'}),
                       ('trimmed 20 %', {'robust': 'trim'})):
         fit = fit_scale_shift(x, y, **kw)
-        ms = timed(lambda kw=kw: fit_scale_shift(x, y, **kw), args.repeat)
+        ms = best_ms(lambda kw=kw: fit_scale_shift(x, y, **kw), args.repeat)
         print(f'  fit {label:30s} {ms:8.1f} ms   scale {fit.scale:.4f} shift {fit.shift:.4f}')
     fit = fit_scale_shift(x, y)
-    ms = timed(lambda: apply_alignment(window, fit), args.repeat)
+    ms = best_ms(lambda: apply_alignment(window, fit), args.repeat)
     print(f'  apply scale/shift + clamp to the window    {ms:8.1f} ms')
-    ms = timed(lambda: crossfade(y, x), args.repeat)
+    ms = best_ms(lambda: crossfade(y, x), args.repeat)
     print(f'  cross-fade the overlap                      {ms:8.1f} ms')
-    ms = timed(lambda: disagreement_confidence(y, x), args.repeat)
+    ms = best_ms(lambda: disagreement_confidence(y, x), args.repeat)
     print(f'  confidence map from the overlap             {ms:8.1f} ms')
 
     hop = args.window - args.overlap

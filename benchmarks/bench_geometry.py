@@ -10,9 +10,9 @@ Prints milliseconds per frame for both and their ratio (same machine, same run).
 import argparse
 import math
 import struct
-import time
 
 import numpy as np
+from timing import best_ms
 
 from dvd_ros.geometry import PinholeIntrinsics, depth_to_points, disparity_to_depth, pack_points
 
@@ -40,16 +40,6 @@ def fast_cloud(disparity, rgb, k):
     return pack_points(depth_to_points(depth, k), rgb)
 
 
-def timed(fn, repeat):
-    fn()
-    best = math.inf
-    for _ in range(repeat):
-        t0 = time.perf_counter()
-        fn()
-        best = min(best, time.perf_counter() - t0)
-    return best * 1e3
-
-
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument('--width', type=int, default=640)
@@ -67,9 +57,9 @@ def main():
     assert fast.data == naive_cloud(depth, rgb, k) or np.allclose(
         np.frombuffer(fast.data, '<f4'), np.frombuffer(naive_cloud(depth, rgb, k), '<f4'),
         rtol=1e-6, equal_nan=True)
-    t_fast = timed(lambda: fast_cloud(disparity, rgb, k), args.repeat)
-    t_pack = timed(lambda: pack_points(depth_to_points(depth, k), rgb), args.repeat)
-    t_naive = timed(lambda: naive_cloud(depth, rgb, k), 1)
+    t_fast = best_ms(lambda: fast_cloud(disparity, rgb, k), args.repeat)
+    t_pack = best_ms(lambda: pack_points(depth_to_points(depth, k), rgb), args.repeat)
+    t_naive = best_ms(lambda: naive_cloud(depth, rgb, k), 1)
     print(f'{w}x{h} organized cloud, x y z rgb float32 ({len(fast.data) / 1e6:.1f} MB)')
     print(f'  vectorised disparity->depth->points->bytes: {t_fast:8.2f} ms')
     print(f'  vectorised depth->points->bytes:            {t_pack:8.2f} ms')
