@@ -156,7 +156,7 @@ def _build(args):
                 backend.prepare(shape, [stage])
             _say(f'[{i}/{len(stages)}] {stage} ready ({time.perf_counter() - start:.1f} s)')
             if args.check:
-                path = cache.entry_dir(_onnx_key(models, stage, shape, backend)) / 'model.onnx'
+                path = cache.entry_dir(_onnx_key(stage, shape, backend)) / 'model.onnx'
                 error, scale = compare_with_onnxruntime(stage_module(models, stage), stage,
                                                         shape, path)
                 _say(f'    check: onnxruntime vs torch max |diff| = {error:.2e} '
@@ -167,11 +167,10 @@ def _build(args):
     return 0
 
 
-def _onnx_key(models, stage, shape, backend):
-    from dvd_ros.model.export import onnx_key, stage_fingerprint
+def _onnx_key(stage, shape, backend):
+    from dvd_ros.model.export import onnx_key
 
-    weights = backend.weights_id.get(stage) or stage_fingerprint(models, stage)
-    return onnx_key(stage, shape, weights)
+    return onnx_key(stage, shape, backend.stage_weights_id(stage))
 
 
 def _say(line):

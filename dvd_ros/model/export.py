@@ -201,6 +201,35 @@ def stage_fingerprint(models, stage):
     return weights_fingerprint(models.vae, extra=[*models.latents_mean, *models.latents_std])
 
 
+class ExportedStages:
+    """Backend half shared by the runtimes of exported graphs (one graph per window shape).
+
+    A subclass sets ``models`` and ``weights_id`` (dict stage -> fingerprint) and defines
+    ``_run(stage, x, shape, out_shape)``, which runs ``stage`` on ``x`` at ``shape``.
+    """
+
+    def stage_weights_id(self, stage):
+        """Return ``stage``'s weights fingerprint, hashing the weights on first use only."""
+        if stage not in self.weights_id:
+            self.weights_id[stage] = stage_fingerprint(self.models, stage)
+        return self.weights_id[stage]
+
+    def encode(self, video):
+        """Encode ``(1, 3, T, H, W)`` in [-1, 1] to normalised latents ``(1, 16, T', h, w)``."""
+        shape = WindowShape.from_video(video)
+        return self._run('encoder', video, shape, shape.latent_shape)
+
+    def transform(self, latents):
+        """Run the folded DiT: normalised latents -> depth latents, same shape."""
+        shape = WindowShape.from_latents(latents)
+        return self._run('dit', latents, shape, shape.latent_shape)
+
+    def decode(self, latents):
+        """Decode normalised latents to ``(1, 3, T, H, W)`` clamped to [-1, 1]."""
+        shape = WindowShape.from_latents(latents)
+        return self._run('decoder', latents, shape, shape.video_shape)
+
+
 def onnx_key(stage, shape, weights_id):
     """Return the cache key of the float32 ONNX graph of ``stage`` at ``shape``."""
     return EngineKey(backend='onnx', stage=stage,

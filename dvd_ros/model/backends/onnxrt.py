@@ -17,9 +17,8 @@ from dvd_ros.model.engine_cache import EngineCache, cuda_identity
 from dvd_ros.model.export import (
     INPUT_NAMES,
     OUTPUT_NAMES,
-    WindowShape,
+    ExportedStages,
     cached_onnx,
-    stage_fingerprint,
 )
 
 LOG = logging.getLogger('dvd_ros.backends.onnxruntime')
@@ -41,7 +40,7 @@ def _import_onnxruntime():
     return onnxruntime
 
 
-class OnnxRuntimeBackend:
+class OnnxRuntimeBackend(ExportedStages):
     """Run encode / DiT / decode as ONNX graphs with onnxruntime (float32 graphs)."""
 
     name = 'onnxruntime'
@@ -122,10 +121,8 @@ class OnnxRuntimeBackend:
         """Return the ``InferenceSession`` of ``stage`` at ``shape`` (exporting on a miss)."""
         key = (stage, shape)
         if key not in self._sessions:
-            if stage not in self.weights_id:
-                self.weights_id[stage] = stage_fingerprint(self.models, stage)
             path = cached_onnx(self.models, stage, shape, self.cache,
-                               self.weights_id[stage], progress=self.progress)
+                               self.stage_weights_id(stage), progress=self.progress)
             options = self.ort.SessionOptions()
             if self.threads:
                 options.intra_op_num_threads = int(self.threads)
@@ -161,18 +158,3 @@ class OnnxRuntimeBackend:
         torch.cuda.synchronize(self.device)
         session.run_with_iobinding(binding)
         return out
-
-    def encode(self, video):
-        """Encode ``(1, 3, T, H, W)`` in [-1, 1] to normalised latents ``(1, 16, T', h, w)``."""
-        shape = WindowShape.from_video(video)
-        return self._run('encoder', video, shape, shape.latent_shape)
-
-    def transform(self, latents):
-        """Run the folded DiT: normalised latents -> depth latents, same shape."""
-        shape = WindowShape.from_latents(latents)
-        return self._run('dit', latents, shape, shape.latent_shape)
-
-    def decode(self, latents):
-        """Decode normalised latents to ``(1, 3, T, H, W)`` clamped to [-1, 1]."""
-        shape = WindowShape.from_latents(latents)
-        return self._run('decoder', latents, shape, shape.video_shape)

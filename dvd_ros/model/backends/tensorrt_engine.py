@@ -25,9 +25,8 @@ from dvd_ros.model.export import (
     INPUT_NAMES,
     OUTPUT_NAMES,
     STAGES,
-    WindowShape,
+    ExportedStages,
     cached_onnx,
-    stage_fingerprint,
 )
 
 LOG = logging.getLogger('dvd_ros.backends.tensorrt')
@@ -145,7 +144,7 @@ def build_engine(trt, onnx_path, engine_path, precision, workspace_gib=None, pro
     return Path(engine_path)
 
 
-class TensorRTBackend:
+class TensorRTBackend(ExportedStages):
     """Run encode / DiT / decode as TensorRT engines on a CUDA device."""
 
     name = 'tensorrt'
@@ -181,11 +180,9 @@ class TensorRTBackend:
 
     def engine_key(self, stage, shape):
         """Return the cache key of ``stage``'s engine at ``shape`` on this GPU."""
-        if stage not in self.weights_id:
-            self.weights_id[stage] = stage_fingerprint(self.models, stage)
         return EngineKey(backend='tensorrt', stage=stage,
                          shape=(shape.window, shape.height, shape.width),
-                         precision=self.precision, weights=self.weights_id[stage],
+                         precision=self.precision, weights=self.stage_weights_id(stage),
                          device=self.gpu, compute_capability=self.capability,
                          runtime=f'tensorrt {self.trt.__version__}')
 
@@ -195,7 +192,7 @@ class TensorRTBackend:
 
         def build(folder):
             onnx_path = cached_onnx(self.models, stage, shape, self.cache,
-                                    self.weights_id[stage], progress=self.progress,
+                                    self.stage_weights_id(stage), progress=self.progress,
                                     device=self.device)
             if self.progress:
                 self.progress(f'building TensorRT {self.precision} engine for {stage} '
@@ -240,18 +237,3 @@ class TensorRTBackend:
         if not context.execute_async_v3(stream.cuda_stream):
             raise RuntimeError(f'TensorRT execution of the {stage} engine failed ({shape.tag})')
         return out.to(self.dtype)
-
-    def encode(self, video):
-        """Encode ``(1, 3, T, H, W)`` in [-1, 1] to normalised latents ``(1, 16, T', h, w)``."""
-        shape = WindowShape.from_video(video)
-        return self._run('encoder', video, shape, shape.latent_shape)
-
-    def transform(self, latents):
-        """Run the folded DiT engine: latents -> depth latents."""
-        shape = WindowShape.from_latents(latents)
-        return self._run('dit', latents, shape, shape.latent_shape)
-
-    def decode(self, latents):
-        """Decode normalised latents to ``(1, 3, T, H, W)`` clamped to [-1, 1]."""
-        shape = WindowShape.from_latents(latents)
-        return self._run('decoder', latents, shape, shape.video_shape)
