@@ -556,12 +556,9 @@ def test_real_model_built_from_parameters(rig_factory, tmp_path):
     """The node builds the real DepthRegressor from ``weights``/``backend`` (tiny random DiT)."""
     torch = pytest.importorskip('torch')
     tiny = pytest.importorskip('tiny_models')
-    from dvd_ros.model.checkpoint import DVDModels, save_converted
 
     torch.set_num_threads(1)
-    models = tiny.tiny_models()
-    save_converted(DVDModels(models.transformer, models.vae, tuple(models.latents_mean),
-                             tuple(models.latents_std)), tmp_path / 'weights')
+    tiny.save_tiny_weights(tmp_path / 'weights')
     rig = rig_factory(backend='torch', weights=str(tmp_path / 'weights'), model_height=32,
                       model_width=32, metric_mode='fixed')
     assert rig.node.regressor.backend_name == 'torch'

@@ -263,13 +263,10 @@ def test_cli_with_real_depth_regressor(tmp_path, capsys):
     """`--weights` on a converted folder: the real DepthRegressor (tiny random weights)."""
     torch = pytest.importorskip('torch')
     tiny = pytest.importorskip('tiny_models')
-    from dvd_ros.model.checkpoint import DVDModels, save_converted
     from dvd_ros.model.regressor import DepthRegressor
 
     torch.set_num_threads(1)
-    models = tiny.tiny_models()
-    save_converted(DVDModels(models.transformer, models.vae, tuple(models.latents_mean),
-                             tuple(models.latents_std)), tmp_path / 'weights')
+    tiny.save_tiny_weights(tmp_path / 'weights')
     frames = synthetic_frames(8)
     stamps, _ = write_image_bag(tmp_path / 'in', frames, storage='sqlite3')
     status, err = run_cli(capsys, tmp_path / 'in', '--out', tmp_path / 'out', '--outputs',

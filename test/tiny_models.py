@@ -48,6 +48,15 @@ def tiny_models(seed=0, dit=None, vae=None):
     return TinyModels(transformer, autoencoder)
 
 
+def save_tiny_weights(folder, seed=0):
+    """Save :func:`tiny_models` as a converted weights folder; return its path."""
+    from dvd_ros.model.checkpoint import DVDModels, save_converted
+
+    models = tiny_models(seed)
+    return save_converted(DVDModels(models.transformer, models.vae, tuple(models.latents_mean),
+                                    tuple(models.latents_std)), folder)
+
+
 def reference_dit(transformer, latents, context_rows=512):
     """DVD's DiT call the unfolded way: t = 500, all-zero text context."""
     context = torch.zeros(1, context_rows, transformer.config.text_dim)
