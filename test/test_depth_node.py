@@ -559,8 +559,15 @@ def test_real_model_built_from_parameters(rig_factory, tmp_path):
 
     torch.set_num_threads(1)
     tiny.save_tiny_weights(tmp_path / 'weights')
-    rig = rig_factory(backend='torch', weights=str(tmp_path / 'weights'), model_height=32,
-                      model_width=32, metric_mode='fixed')
+    import torch
+
+    threads = torch.get_num_threads()
+    try:
+        rig = rig_factory(backend='torch', weights=str(tmp_path / 'weights'), model_height=32,
+                          model_width=32, metric_mode='fixed', cpu_threads=3)
+        assert torch.get_num_threads() == 3  # cpu_threads reaches torch
+    finally:
+        torch.set_num_threads(threads)
     assert rig.node.regressor.backend_name == 'torch'
     headers = _send_all(rig, WINDOW, period=0.05)
     assert wait_for(lambda: rig.probe.count('depth/points') >= WINDOW, timeout=120)
