@@ -138,10 +138,12 @@ def test_dvd_ros_run_two_cameras(env):
     proc = _start(env, '-c', code, 'run', '--backend', 'stand-in', '-n', 'cam_left', '-n',
                   'cam_right', '--with-synthetic-camera', '--camera-rate', '15',
                   '--anchor-ground-truth', '-p', 'window=5', '-p', 'overlap=2',
-                  '--params-file', str(REPO / 'config' / 'depth.yaml'), '--duration', '10')
+                  '--params-file', str(REPO / 'config' / 'depth.yaml'), '--duration', '18')
     time.sleep(4.0)
+    # Listen long enough for a loaded CI machine: the listeners' own start-up and discovery
+    # took most of a 4 s window there (3 messages seen).
     listeners = {ns: subprocess.Popen(
-        [sys.executable, str(REPO / 'test' / 'ros_listener.py'), '4', ns], cwd=REPO, env=env,
+        [sys.executable, str(REPO / 'test' / 'ros_listener.py'), '9', ns], cwd=REPO, env=env,
         stdout=subprocess.PIPE, text=True) for ns in ('cam_left', 'cam_right')}
     got = {ns: json.loads(p.communicate(timeout=60)[0].strip().splitlines()[-1])
            for ns, p in listeners.items()}
