@@ -17,7 +17,7 @@ import yaml
 REPO = Path(__file__).resolve().parents[1]
 LAUNCH = {'depth': REPO / 'launch' / 'depth.launch.py', 'demo': REPO / 'launch' / 'demo.launch.py'}
 DEPTH_ARGS = {'image', 'camera_info', 'namespace', 'params_file', 'weights', 'backend',
-              'use_rviz'}
+              'device', 'dtype', 'use_rviz'}
 
 
 class Recorded:
@@ -29,7 +29,8 @@ class Recorded:
 
 
 class LaunchConfiguration(Recorded):
-    pass
+    def perform(self, context):
+        return context[self.args[0]]
 
 
 class DeclareLaunchArgument(Recorded):
@@ -48,7 +49,8 @@ class ParameterValue(Recorded):
 def fake_launch(monkeypatch, tmp_path):
     modules = {
         'launch': {'LaunchDescription': Recorded},
-        'launch.actions': {'DeclareLaunchArgument': DeclareLaunchArgument},
+        'launch.actions': {'DeclareLaunchArgument': DeclareLaunchArgument,
+                           'OpaqueFunction': Recorded},
         'launch.conditions': {'IfCondition': Recorded},
         'launch.substitutions': {'LaunchConfiguration': LaunchConfiguration,
                                  'PathJoinSubstitution': Recorded},
@@ -91,15 +93,24 @@ def test_depth_launch_arguments_and_node(fake_launch):
     assert set(declared) == DEPTH_ARGS
     assert all(kw.get('description') for kw in declared.values())
     assert declared['params_file']['default_value'] == str(REPO / 'config' / 'depth.yaml')
-    nodes = [a for a in actions if isinstance(a, Node)]
-    depth = next(n for n in nodes if n.kwargs['executable'] == 'depth_node')
+    # The depth node is built when the arguments are known: only given (non-empty) model
+    # arguments override the parameter file.
+    make_node = next(a for a in actions if isinstance(a, Recorded)
+                     and 'function' in a.kwargs).kwargs['function']
+    given = {name: declared[name]['default_value'] for name in declared}
+    [depth] = make_node(given)
     assert depth.kwargs['package'] == 'dvd_ros'
     assert depth.kwargs['executable'] in _executables()
     remapped = {src: dst.args[0] for src, dst in depth.kwargs['remappings']}
     assert remapped == {'image': 'image', 'camera_info': 'camera_info'}
+    assert len(depth.kwargs['parameters']) == 1  # defaults: the parameter file alone
+    [depth] = make_node(given | {'weights': '/models/1.1', 'device': 'cuda'})
     overrides = depth.kwargs['parameters'][1]
-    assert {k: (v.args[0].args[0], v.kwargs['value_type']) for k, v in overrides.items()} == {
-        'weights': ('weights', str), 'backend': ('backend', str)}
+    assert {k: (v.args[0], v.kwargs['value_type']) for k, v in overrides.items()} == {
+        'weights': ('/models/1.1', str), 'device': ('cuda', str)}
+    from dvd_ros.ros.params import SPECS
+    assert set(make_node.__globals__['MODEL_ARGUMENTS']) <= set(SPECS)
+    nodes = [a for a in actions if isinstance(a, Node)]
     rviz = next(n for n in nodes if n.kwargs['executable'] == 'rviz2')
     assert rviz.kwargs['condition'].args[0].args[0] == 'use_rviz'
 
