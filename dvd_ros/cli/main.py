@@ -31,13 +31,7 @@ def build_parser(argv=None):
         if wanted in SUBCOMMANDS and name != wanted:
             sub.add_parser(name, help=help_text)
             continue
-        try:
-            module = importlib.import_module(module_name)
-        except ModuleNotFoundError as exc:
-            if exc.name is None or not exc.name.startswith('dvd_ros'):
-                raise
-            continue  # subcommand not built yet
-        module.add_parser(sub)
+        importlib.import_module(module_name).add_parser(sub)
     return parser
 
 
