@@ -11,8 +11,6 @@ import time
 
 import numpy as np
 
-from dvd_ros.errors import DvdError
-
 
 def use_loopback_dds():
     """Keep DDS on this machine unless the user configured it: call before ``rclpy.init``.
@@ -111,8 +109,6 @@ def record_demo(camera_params, depth_params, frames, timeout, regressor=None, lo
         end = time.monotonic() + 1.2
         while time.monotonic() < end:
             executor.spin_once(timeout_sec=0.05)
-    except DvdError:
-        raise
     finally:
         finish(nodes, executor, context)
     return recording
