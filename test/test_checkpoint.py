@@ -399,3 +399,16 @@ def test_merge_on_an_explicit_device_is_identical(release_state):
     plain, _ = checkpoint.merge_lora((list(dit), dit.__getitem__))
     placed, _ = checkpoint.merge_lora((list(dit), dit.__getitem__), device=torch.device('cpu'))
     assert all(torch.equal(plain[k], placed[k]) for k in plain)
+
+
+def test_recommended_window_from_converted_meta(tmp_path):
+    import json
+
+    from dvd_ros.model.checkpoint import DEFAULT_WEIGHTS, META_FILE, recommended_window
+    shipped = json.loads((DEFAULT_WEIGHTS / META_FILE).read_text()).get('recommended_window')
+    assert recommended_window() == shipped
+    (tmp_path / META_FILE).write_text(json.dumps({'recommended_window': 13}))
+    assert recommended_window(tmp_path) == 13
+    (tmp_path / META_FILE).write_text(json.dumps({'recommended_window': 0}))
+    assert recommended_window(tmp_path) is None
+    assert recommended_window(tmp_path / 'model.safetensors') is None  # release file: nothing

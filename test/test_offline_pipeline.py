@@ -430,3 +430,19 @@ def test_error_mid_run_keeps_finished_frames_valid(tmp_path):
     _, _, by_topic = read_bag(tmp_path / 'out' / 'bag')  # closed properly
     # Window [0, 5) finished frames 0..2 before frame 7 failed while [3, 8) was read.
     assert len(by_topic['/cam/depth/disparity']) == 3
+
+
+def test_default_window_follows_the_weights(tmp_path):
+    import argparse
+    import json
+
+    from dvd_ros.cli.offline import REFERENCE_WINDOW, _window
+    (tmp_path / 'dvd_ros.json').write_text(json.dumps({'recommended_window': 9}))
+
+    def window(weights, w=None, o=None):
+        return _window(argparse.Namespace(weights=weights, window=w, overlap=o))
+
+    assert window(str(tmp_path)) == (9, 4)
+    assert window(str(tmp_path / 'release.safetensors')) == REFERENCE_WINDOW
+    assert window(str(tmp_path), 25) == (25, 12)
+    assert window(str(tmp_path), 25, 3) == (25, 3)

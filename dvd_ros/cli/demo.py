@@ -47,20 +47,10 @@ def add_parser(subparsers):
     return parser
 
 
-def _recommended_window(weights):
-    """Return the window a converted folder's ``dvd_ros.json`` recommends, or None."""
-    from dvd_ros.model.checkpoint import DEFAULT_WEIGHTS
-
-    meta = Path(weights or DEFAULT_WEIGHTS) / 'dvd_ros.json'
-    try:
-        return int(json.loads(meta.read_text())['recommended_window'])
-    except (OSError, ValueError, KeyError, TypeError):
-        return None
-
-
 def _check_args(args):
     if args.window is None:
-        args.window = _recommended_window(args.weights) or 9
+        from dvd_ros.model.checkpoint import recommended_window
+        args.window = recommended_window(args.weights or None) or 9
     if args.overlap is None:
         args.overlap = (args.window - 1) // 2
     if args.frames < 2:

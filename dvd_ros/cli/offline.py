@@ -7,6 +7,10 @@ import sys
 from dvd_ros.cli.main import CliError
 from dvd_ros.errors import BackendUnavailable, InputError, WeightsError
 
+# Window and overlap of the authors' open-world script (spec 2.1), for weights that recommend
+# nothing (the official release files).
+REFERENCE_WINDOW = (81, 21)
+
 EPILOG = """outputs (--outputs, comma separated):
   png16      disparity/NNNNNN.png (uint16 = disparity x 32768) and, with a metric
              conversion, depth/NNNNNN.png (uint16 millimetres, 0 = no data)
@@ -47,10 +51,12 @@ def add_parser(subparsers):
                         help="processing height in pixels (default: the weights' own, 480)")
     parser.add_argument('--width', type=int,
                         help="processing width in pixels (default: the weights' own, 640)")
-    parser.add_argument('--window', type=int, default=81,
-                        help='frames per model window (default: %(default)s)')
-    parser.add_argument('--overlap', type=int, default=21,
-                        help='frames shared by consecutive windows (default: %(default)s)')
+    parser.add_argument('--window', type=int, default=None,
+                        help='frames per model window (default: what the weights recommend, '
+                        '5 for the embedded tiny model; else 81 as the reference)')
+    parser.add_argument('--overlap', type=int, default=None,
+                        help='frames shared by consecutive windows (default: 21 with window '
+                        '81 as the reference, else (window - 1) / 2)')
     parser.add_argument('--causal', action='store_true',
                         help='stitch causally like the ROS node instead of the reference')
     parser.add_argument('--policy', default='immediate', choices=('immediate', 'blend'),
@@ -90,6 +96,18 @@ def load_regressor(args):
                                           backend=args.backend, **size)
 
 
+def _window(args):
+    """Return (window, overlap): given values, else the weights' recommendation."""
+    window = args.window
+    if window is None:
+        from dvd_ros.model.checkpoint import recommended_window
+        window = recommended_window(args.weights) or REFERENCE_WINDOW[0]
+    overlap = args.overlap
+    if overlap is None:
+        overlap = REFERENCE_WINDOW[1] if window == REFERENCE_WINDOW[0] else (window - 1) // 2
+    return window, overlap
+
+
 def _config(args):
     from dvd_ros.offline.pipeline import OfflineConfig
     from dvd_ros.offline.writers import parse_outputs
@@ -98,9 +116,10 @@ def _config(args):
         raise CliError('pass both --metric-a and --metric-b (depth = 1 / (A * disparity + B)) '
                        'or neither')
     metric = None if args.metric_a is None else (args.metric_a, args.metric_b)
+    window, overlap = _window(args)
     return OfflineConfig(
-        out_dir=args.out, outputs=parse_outputs(args.outputs), window=args.window,
-        overlap=args.overlap, causal=args.causal, causal_policy=args.policy, metric=metric,
+        out_dir=args.out, outputs=parse_outputs(args.outputs), window=window,
+        overlap=overlap, causal=args.causal, causal_policy=args.policy, metric=metric,
         max_depth=args.max_depth, max_frames=args.max_frames, hfov_deg=args.hfov,
         point_stride=args.point_stride, depth_namespace=args.depth_namespace,
         overwrite=args.overwrite, progress=not args.no_progress)

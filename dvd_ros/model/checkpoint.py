@@ -737,6 +737,20 @@ def load_models(path, vae_path=None, lora_alpha=None, dtype=torch.float32, devic
 
 # --------------------------------------------------------------------------- writing
 
+def recommended_window(path=None):
+    """Return the window (frames) a converted folder's meta recommends, or None.
+
+    :param path: converted folder, release file, or None for the embedded tiny model.
+    :return: int, or None for release files and folders that recommend nothing.
+    """
+    meta = Path(DEFAULT_WEIGHTS if path is None else path) / META_FILE
+    try:
+        value = json.loads(meta.read_text()).get('recommended_window')
+    except (OSError, ValueError, AttributeError):
+        return None
+    return int(value) if isinstance(value, int) and value >= 1 else None
+
+
 def save_converted(models, dst_dir, meta=None):
     """Write the fast-path folder: ``dvd_ros.json``, ``transformer/`` and ``vae/`` (safetensors).
 
