@@ -464,6 +464,26 @@ def test_model_failure_keeps_node_alive(rig_factory):
     assert _still_running(rig, WINDOW)
 
 
+def test_model_failure_while_finishing_a_stream_keeps_worker_alive(rig_factory):
+    class FailsOnShortWindow(StandInRegressor):
+        def predict(self, frames):
+            if len(frames) < WINDOW:  # the flush of the tail at the resolution change
+                raise RuntimeError('simulated failure on the tail window')
+            return super().predict(frames)
+
+    rig = rig_factory(regressor=FailsOnShortWindow())
+    for i in range(3):
+        rig.send(i)
+        time.sleep(0.01)
+    big = [rig.send(i, rgb=frame(i, 48, 64)) for i in range(3, 3 + WINDOW)
+           if not time.sleep(0.01)]
+    assert wait_for(lambda: rig.probe.count('depth/disparity') >= WINDOW)
+    assert set(rig.probe.by_stamp('depth/disparity')) == {_key(h) for h in big}
+    assert rig.node.worker_alive
+    assert rig.node._stream.stats.dropped == {'model_error': 3}
+    assert len(rig.warnings_about('simulated failure on the tail window')) == 1
+
+
 # --------------------------------------------------------------------------- cameras, load
 
 

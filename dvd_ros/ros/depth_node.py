@@ -317,16 +317,12 @@ class DepthNode(Node):
             rgb = cv2.resize(rgb, size, interpolation=cv2.INTER_AREA)
             record.rgb = rgb
         if record.restart:
-            self._publish_all(self._stream.flush())
-            self._stream.reset()
-            self._fit = None
+            self._restart_stream()
         elif self._size is not None and rgb.shape[:2] != self._size:
             self.report('resolution_change', f'image size changed from {self._size[1]}x'
                         f'{self._size[0]} to {rgb.shape[1]}x{rgb.shape[0]}: finishing the '
                         'current window and restarting the stream', drop=False)
-            self._publish_all(self._stream.flush())
-            self._stream.reset()
-            self._fit = None
+            self._restart_stream()
         self._size = rgb.shape[:2]
         windows_before = self._stream.stats.windows
         try:
@@ -342,6 +338,18 @@ class DepthNode(Node):
                 self.stats.windows = stream_stats.windows
                 self.stats.model_s.add(stream_stats.last_model_seconds)
         self._publish_all(out)
+
+    def _restart_stream(self):
+        try:
+            frames = self._stream.flush()
+        except Exception as exc:  # noqa: BLE001 - the node must outlive one bad window
+            # The stream counted the tail it lost (reason model_error) and starts over anyway.
+            self.report('model_error', f'model window failed while finishing the stream, its '
+                        f'frames are dropped: {type(exc).__name__}: {exc}', drop=False)
+            frames = []
+        self._publish_all(frames)
+        self._stream.reset()
+        self._fit = None
 
     def _publish_all(self, frames):
         if not frames:
