@@ -484,6 +484,18 @@ def test_model_failure_while_finishing_a_stream_keeps_worker_alive(rig_factory):
     assert len(rig.warnings_about('simulated failure on the tail window')) == 1
 
 
+def test_queue_overflow_keeps_the_restart_of_a_time_jump(rig_factory):
+    rig = rig_factory(queue_size=2)
+    assert rig.node.stop()  # fill the queue by hand, nothing consumes it
+    rgb = frame(0)
+    pairs = [((header(i), rgb, 0.0, i == 1), None) for i in range(4)]
+    rig.node._enqueue(pairs)  # frame 1 starts a new time line; 0 and 1 overflow
+    queued = list(rig.node._queue)
+    assert [_key(r.header) for r in queued] == [_key(header(2)), _key(header(3))]
+    assert [r.restart for r in queued] == [True, False]
+    assert rig.node.stats.dropped['queue_full'] == 2
+
+
 # --------------------------------------------------------------------------- cameras, load
 
 

@@ -286,10 +286,13 @@ class DepthNode(Node):
         dropped = 0
         with self._cond:
             for (header, rgb, received, restart), info in pairs:
-                if len(self._queue) >= self.parameters.current.queue_size:
-                    self._queue.popleft()
-                    dropped += 1
                 self._queue.append(FrameRecord(header, info, rgb, received, restart))
+                if len(self._queue) > self.parameters.current.queue_size:
+                    lost = self._queue.popleft()
+                    dropped += 1
+                    if lost.restart:
+                        # The time line changed all the same: the next frame starts the stream.
+                        self._queue[0].restart = True
             self._cond.notify()
         if dropped:
             self.report('queue_full', 'model slower than the camera: dropped the oldest queued '
