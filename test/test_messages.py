@@ -155,6 +155,20 @@ def test_restamp_camera_info_scales_only_when_size_differs():
     assert list(out.d) == list(info.d)
 
 
+
+def test_restamp_camera_info_without_size():
+    from dvd_ros.geometry import PinholeIntrinsics
+
+    # Width/height 0: the node reads K as given for the image size (depth_node._intrinsics).
+    info = CameraInfo(width=0, height=0)
+    info.k = [50.0, 0, 31.5, 0, 50, 23.5, 0, 0, 1]
+    info.p = [50.0, 0, 31.5, 0, 0, 50, 23.5, 0, 0, 0, 1, 0]
+    intr = PinholeIntrinsics.from_K(messages.camera_info_matrix(info), 64, 48)
+    out = messages.restamp_camera_info(info, Header(), intr)
+    assert (out.width, out.height) == (64, 48)
+    np.testing.assert_array_equal(out.k, info.k)
+    np.testing.assert_array_equal(out.p, info.p)
+
 def _cloud(points, bigendian=False, extra=4):
     """Hand-built cloud: x, y, z float32 then `extra` padding bytes per point."""
     n = points.shape[0]

@@ -179,11 +179,14 @@ def restamp_camera_info(info, header, intrinsics=None):
     out.p = np.array(info.p, dtype=np.float64)
     out.binning_x, out.binning_y = info.binning_x, info.binning_y
     out.roi = info.roi
-    if intrinsics is not None and (intrinsics.width, intrinsics.height) != (info.width,
-                                                                           info.height):
-        sx = intrinsics.width / float(info.width)
-        sy = intrinsics.height / float(info.height)
-        out.width, out.height = int(intrinsics.width), int(intrinsics.height)
+    if intrinsics is None:
+        return out
+    # A CameraInfo without a size (0) has K for the image as it is: nothing to rescale.
+    width, height = info.width or intrinsics.width, info.height or intrinsics.height
+    out.width, out.height = int(intrinsics.width), int(intrinsics.height)
+    if (intrinsics.width, intrinsics.height) != (width, height):
+        sx = intrinsics.width / float(width)
+        sy = intrinsics.height / float(height)
         out.k = np.array([intrinsics.fx, 0.0, intrinsics.cx,
                           0.0, intrinsics.fy, intrinsics.cy,
                           0.0, 0.0, 1.0], dtype=np.float64)
