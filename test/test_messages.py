@@ -199,6 +199,14 @@ def test_cloud_to_xyz(bigendian):
         messages.cloud_to_xyz(msg)
 
 
+
+def test_cloud_field_outside_point_is_an_image_error():
+    msg = _cloud(np.zeros((2, 3), np.float32), extra=0)
+    msg.fields = [PointField(name=c, offset=4 * i, datatype=PointField.FLOAT64, count=1)
+                  for i, c in enumerate('xyz')]
+    with pytest.raises(ImageError, match="'z'.*point_step 12"):
+        messages.cloud_to_xyz(msg)
+
 def test_rescaled_p_matches_k_and_fov_info():
     from dvd_ros.geometry import PinholeIntrinsics
 

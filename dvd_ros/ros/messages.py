@@ -264,6 +264,10 @@ def cloud_to_xyz(msg):
             raise ImageError('cloud_fields', f'point field {name!r} has unknown datatype '
                              f'{field.datatype}')
         dtype = np.dtype(POINTFIELD_DTYPES[field.datatype])
+        if not 0 <= int(field.offset) <= point_step - dtype.itemsize:
+            raise ImageError('cloud_fields', f'point field {name!r} ({dtype.itemsize} bytes at '
+                             f'offset {field.offset}) does not fit in point_step {point_step}; '
+                             'the cloud header is wrong')
         if dtype.itemsize > 1 and bool(msg.is_bigendian) != _HOST_BIGENDIAN:
             dtype = dtype.newbyteorder()
         view = np.ndarray((int(msg.height), int(msg.width)), dtype=dtype, buffer=buf,
