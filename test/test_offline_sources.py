@@ -1,6 +1,7 @@
 """Tests of dvd_ros/offline/sources.py: video, image folder and ROS 2 bag frame sources."""
 
 from pathlib import Path
+import struct
 
 import cv2
 import numpy as np
@@ -343,6 +344,34 @@ def test_image_file_size_from_headers(tmp_path):
         path = tmp_path / f'a{suffix}'
         cv2.imwrite(str(path), rgb)
         assert image_file_size(path) == (37, 21)
+
+
+def _with_exif_orientation(jpeg, orientation, byte_order):
+    """Insert an APP1 Exif segment holding only the Orientation tag after the JPEG SOI."""
+    fmt = '<' if byte_order == b'II' else '>'
+    value = struct.pack(fmt + 'H', orientation) + b'\x00\x00'
+    tiff = (byte_order + struct.pack(fmt + 'HI', 42, 8) + struct.pack(fmt + 'H', 1)
+            + struct.pack(fmt + 'HHI', 0x0112, 3, 1) + value + struct.pack(fmt + 'I', 0))
+    app1 = b'Exif\x00\x00' + tiff
+    return jpeg[:2] + b'\xff\xe1' + struct.pack('>H', len(app1) + 2) + app1 + jpeg[2:]
+
+
+@pytest.mark.parametrize('byte_order', [b'II', b'MM'])
+def test_folder_of_rotated_jpegs(tmp_path, byte_order):
+    # Phone photos are stored sideways with an EXIF Orientation; OpenCV decodes them upright.
+    folder = tmp_path / 'rotated'
+    folder.mkdir()
+    frames = synthetic_frames(2, 24, 40)
+    for i, rgb in enumerate(frames):
+        ok, buf = cv2.imencode('.jpg', rgb)
+        assert ok
+        (folder / f'frame_{i:04d}.jpg').write_bytes(
+            _with_exif_orientation(buf.tobytes(), 6, byte_order))
+    assert image_file_size(folder / 'frame_0000.jpg') == (24, 40)
+    source = FolderSource(folder)
+    assert source.size == (24, 40)
+    shapes = [f.rgb.shape for f in source]
+    assert shapes == [(40, 24, 3)] * 2
 
 
 def test_folder_errors(tmp_path):

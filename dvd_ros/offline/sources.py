@@ -188,8 +188,28 @@ def _png_size(head):
     return width, height
 
 
+def _exif_transposes(segment):
+    """Return whether an APP1 payload's EXIF Orientation (5..8) swaps width and height."""
+    tiff = segment[6:]
+    if not segment.startswith(b'Exif\x00\x00') or tiff[:2] not in (b'II', b'MM'):
+        return False
+    fmt = '<' if tiff[:2] == b'II' else '>'
+    try:
+        (ifd,) = struct.unpack_from(fmt + 'I', tiff, 4)
+        (entries,) = struct.unpack_from(fmt + 'H', tiff, ifd)
+        for i in range(entries):
+            tag, kind, _, value = struct.unpack_from(fmt + 'HHI4s', tiff, ifd + 2 + 12 * i)
+            if tag == 0x0112 and kind == 3:  # Orientation, SHORT
+                return struct.unpack_from(fmt + 'H', value)[0] in (5, 6, 7, 8)
+    except struct.error:
+        return False
+    return False
+
+
 def _jpeg_size(path):
     # Walk the JPEG markers up to the first start-of-frame segment (holds height and width).
+    # OpenCV decodes with the EXIF orientation applied, so a rotated file's size is swapped.
+    transposed = False
     with open(path, 'rb') as fh:
         if fh.read(2) != b'\xff\xd8':
             return None
@@ -208,12 +228,17 @@ def _jpeg_size(path):
             if len(length_bytes) < 2:
                 return None
             (length,) = struct.unpack('>H', length_bytes)
+            if length < 2:  # a segment length counts its own two bytes
+                return None
             if 0xc0 <= marker <= 0xcf and marker not in (0xc4, 0xc8, 0xcc):
                 segment = fh.read(5)
                 if len(segment) < 5:
                     return None
                 height, width = struct.unpack('>HH', segment[1:5])
-                return width, height
+                return (height, width) if transposed else (width, height)
+            if marker == 0xe1 and not transposed:
+                transposed = _exif_transposes(fh.read(length - 2))
+                continue
             fh.seek(length - 2, 1)
 
 
