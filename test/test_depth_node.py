@@ -320,6 +320,25 @@ def test_anchored_points_hint(rig_factory):
                                rtol=1e-3)
 
 
+def test_anchored_hints_kept_for_a_long_window(rig_factory):
+    # Only the first frames of an 81-frame window carry usable hints; the rest carry empty
+    # ones, which must not push the useful ones out before the window has run.
+    a_true, b_true, window = 0.8, 0.1, 81
+    rig = rig_factory(metric_mode='anchored', hint_type='image', hint_min_samples=20,
+                      window=window, overlap=2)
+    for i in range(window):
+        depth = 1.0 / (a_true * disparity_of(frame(i)) + b_true)
+        if i >= 3:
+            depth = np.full_like(depth, np.nan)
+        rig.node._on_hint(messages.array_to_image(depth.astype(np.float32), '32FC1',
+                                                  header(i)))
+    for i in range(window):
+        rig.send(i)
+        time.sleep(0.005)
+    assert wait_for(lambda: rig.probe.count('depth/disparity') >= window)
+    assert wait_for(lambda: rig.probe.count('depth/image') >= window)
+
+
 # --------------------------------------------------------------------------- bad input
 
 
@@ -606,3 +625,16 @@ def test_real_model_built_from_parameters(rig_factory, tmp_path):
     disparity = messages.image_to_array(
         rig.probe.by_stamp('depth/disparity')[_key(headers[0])])
     assert disparity.shape == (24, 32) and np.isfinite(disparity).all()
+
+
+def test_window_from_the_weights_unless_set(rig_factory):
+    class Recommends5(StandInRegressor):
+        recommended_window = 5
+
+    rig = rig_factory(regressor=Recommends5(), window=0, overlap=-1)
+    assert rig.node.window == (5, 2)
+    assert (rig.node._stream.window, rig.node._stream.overlap) == (5, 2)
+    rig = rig_factory(regressor=Recommends5(), window=9, overlap=-1)
+    assert rig.node.window == (9, 4)
+    rig = rig_factory(regressor=StandInRegressor(), window=0, overlap=-1)
+    assert rig.node.window == (9, 4)

@@ -76,7 +76,8 @@ def test_descriptors(context):
             desc = node.describe_parameter(spec.name)
             assert desc.description.startswith(spec.description[:20])
             assert desc.read_only == (spec.name not in DYNAMIC)
-        assert node.describe_parameter('window').integer_range[0].step == 4
+        window_range = node.describe_parameter('window').integer_range[0]
+        assert (window_range.from_value, window_range.to_value) == (0, 161)
         assert node.describe_parameter('max_range').floating_point_range[0].to_value == 1e4
     finally:
         node.destroy_node()
@@ -91,7 +92,8 @@ def test_overrides_and_clear_errors(context):
         node.destroy_node()
     cases = [
         ({'window': 6}, 'window'),
-        ({'overlap': 9}, 'overlap .9. must be smaller than window'),
+        ({'window': 9, 'overlap': 9}, 'overlap .9. must be smaller than window'),
+        ({'window': 7}, 'window .7. must be 4n.1'),
         ({'colormap': 'rainbow'}, 'colormap'),
         ({'backend': 'cuda-magic'}, 'backend'),
         ({'metric_mode': 'fixed', 'metric_a': -1.0, 'metric_b': 0.0}, 'no positive inverse'),
@@ -132,14 +134,24 @@ def test_dynamic_changes_validated(context):
         assert params.current.max_range == 5.0
         # Restart-only parameters are read-only.
         assert not node.set_parameters([Parameter('window', value=13)])[0].successful
-        assert params.current.window == 9
+        assert params.current.window == 0
     finally:
         node.destroy_node()
 
 
 def test_spec_check_messages():
     assert SPECS['window'].check(5) is None
-    assert 'steps of 4' in SPECS['window'].check(7)
+    assert 'in [0, 161]' in SPECS['window'].check(165)
+
+
+def test_window_follows_the_weights_unless_set():
+    defaults = DepthParams.defaults()
+    assert defaults.resolved_window(5) == (5, 2)  # the embedded model's recommendation
+    assert defaults.resolved_window(None) == (9, 4)  # weights that recommend nothing
+    assert replace(defaults, window=25).resolved_window(5) == (25, 12)
+    assert replace(defaults, window=25, overlap=3).resolved_window(5) == (25, 3)
+    with pytest.raises(InputError, match=r'overlap \(9\) must be smaller than window \(5\)'):
+        replace(defaults, overlap=9).resolved_window(5)
     assert 'must be a double' in SPECS['max_range'].check('far')
     assert 'finite' in SPECS['metric_a'].check(float('nan'))
 

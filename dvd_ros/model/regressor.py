@@ -108,6 +108,12 @@ class DepthRegressor:
                                         dtype=dtype)
         return cls(models, device=device, dtype=dtype, **kwargs)
 
+    @property
+    def recommended_window(self):
+        """Return the window (frames) the weights recommend (``dvd_ros.json``), or None."""
+        value = (getattr(self.models, 'meta', None) or {}).get('recommended_window')
+        return int(value) if isinstance(value, int) and value >= 1 else None
+
     def processing_size(self, height, width):
         """Return the ``(H, W)`` an input of ``height`` x ``width`` is processed at."""
         return processing_size(height, width, self.height, self.width)

@@ -104,6 +104,9 @@ def _p(*args, **kwargs):
     return ParamSpec(*args, **kwargs)
 
 
+# Window (frames) when neither the parameter nor the weights name one.
+DEFAULT_WINDOW = 9
+
 DEPTH_PARAMETERS = (
     # Model
     _p('weights', '', 'DVD weights: an official release .safetensors file or a converted '
@@ -124,9 +127,10 @@ DEPTH_PARAMETERS = (
     _p('stand_in_delay', 0.0, 'stand-in backend only: seconds each window takes, to '
        'simulate a slow model', range=(0.0, 60.0), unit='s'),
     # Streaming
-    _p('window', 9, 'frames per model window (4n+1)', range=(1, 161, 4), unit='frames'),
-    _p('overlap', 4, 'frames shared by consecutive windows (for scale/shift alignment); '
-       'must be < window', range=(0, 160), unit='frames'),
+    _p('window', 0, 'frames per model window (4n+1); 0 = what the weights recommend (5 for '
+       'the embedded tiny model), else 9', range=(0, 161), unit='frames'),
+    _p('overlap', -1, 'frames shared by consecutive windows (for scale/shift alignment); '
+       'must be < window; -1 = (window - 1) / 2', range=(-1, 160), unit='frames'),
     _p('policy', 'immediate', 'window seam handling: immediate (no hold back) or blend '
        '(hold back and cross-fade, costs latency)', choices=POLICIES),
     _p('queue_size', 32, 'input frames buffered for the worker; when full the OLDEST is '
@@ -257,15 +261,30 @@ class DepthParams:
             reason = spec.check(getattr(self, spec.name))
             if reason:
                 raise InputError(f'parameter {reason}')
-        if self.overlap >= self.window:
-            raise InputError(f'parameter overlap ({self.overlap}) must be smaller than window '
-                             f'({self.window}); e.g. window 9, overlap 4')
+        if self.window and self.window % 4 != 1:
+            raise InputError(f'parameter window ({self.window}) must be 4n+1 (e.g. 5, 9, 25, '
+                             '45, 81) or 0 for what the weights recommend')
+        if self.window:
+            self.resolved_window(None)
         if self.scale_clip_low > self.scale_clip_high:
             raise InputError(f'parameter scale_clip_low ({self.scale_clip_low}) must be <= '
                              f'scale_clip_high ({self.scale_clip_high}); e.g. 0.7 and 1.5')
         if self.metric_mode == 'fixed':
             _check_fixed(self.metric_a, self.metric_b)
         return self
+
+    def resolved_window(self, recommended):
+        """Return ``(window, overlap)`` in frames, with the automatic values filled in.
+
+        :param recommended: the window the weights recommend, or None (then 9).
+        :raises InputError: overlap not smaller than the window.
+        """
+        window = self.window or recommended or DEFAULT_WINDOW
+        overlap = self.overlap if self.overlap >= 0 else (window - 1) // 2
+        if overlap >= window:
+            raise InputError(f'parameter overlap ({overlap}) must be smaller than window '
+                             f'({window}); e.g. window 9, overlap 4')
+        return window, overlap
 
     def stream_options(self):
         """Return the keyword arguments of :class:`~dvd_ros.stream.estimator.StreamingDepth`.
