@@ -37,7 +37,8 @@ TIME_JUMP_S = 1.0
 # Metric hint samples kept per frame: plenty for a 2-parameter robust fit, and it bounds the
 # memory of buffered dense hints (a VGA depth image would be 300k samples).
 HINT_MAX_SAMPLES = 20_000
-# Hint messages kept for frames still in the queue or the window (oldest forgotten first).
+# Hint messages kept at least (oldest forgotten first); the node keeps one per frame that can
+# still be in the queue or the window, so a long window (81 for DVD) keeps its hints too.
 HINT_CAPACITY = 64
 # Seconds the worker may take to finish its current window at shutdown.
 JOIN_TIMEOUT_S = 0.5
@@ -133,15 +134,13 @@ class DepthNode(Node):
         self._log_counts = {}
         self._lock = threading.Lock()
         self.regressor = regressor if regressor is not None else build_regressor(p)
-        # (window, overlap) in frames: the parameters, or what the weights recommend.
-        self.window = p.resolved_window(getattr(self.regressor, 'recommended_window', None))
         self._stream = self._make_stream(p)
         self._size = None
         self._fit = None  # anchored mode: the last geometry.MetricFit
         self._last_stamp = None
 
         self._sync = self._new_sync(p)
-        self._hints = StampBuffer(HINT_CAPACITY, tolerance_ns=int(p.sync_tolerance * 1e9))
+        self._hints = self._new_hints(p)
         self._queue = deque()
         self._cond = threading.Condition()
         self._stop = threading.Event()
@@ -178,8 +177,8 @@ class DepthNode(Node):
                                         daemon=True)
         self._worker.start()
         self.get_logger().info(
-            f'depth node ready: backend {self._backend_name()}, window {self.window[0]}, overlap '
-            f'{self.window[1]}, metric {p.metric_mode}, subscribed to '
+            f'depth node ready: backend {self._backend_name()}, window {p.window}, overlap '
+            f'{p.overlap}, metric {p.metric_mode}, subscribed to '
             f'{self.resolve_topic_name("image")}')
 
     # ----------------------------------------------------------------------------- helpers
@@ -187,9 +186,13 @@ class DepthNode(Node):
         return StampSync(tolerance_ns=int(p.sync_tolerance * 1e9), timeout_s=p.sync_timeout,
                          max_pending=max(8, p.queue_size))
 
+    def _new_hints(self, p):
+        capacity = max(HINT_CAPACITY, self._stream.window + p.queue_size)
+        return StampBuffer(capacity, tolerance_ns=int(p.sync_tolerance * 1e9))
+
     def _make_stream(self, p):
         from dvd_ros.stream.estimator import StreamingDepth
-        return StreamingDepth(self.regressor, *self.window, **p.stream_options())
+        return StreamingDepth(self.regressor, p.window, p.overlap, **p.stream_options())
 
     def _backend_name(self):
         return str(getattr(self.regressor, 'backend_name', type(self.regressor).__name__))
@@ -241,7 +244,7 @@ class DepthNode(Node):
                 restart = True
                 self.stats.drop('time_jump', self._sync.pending)
                 self._sync = self._new_sync(self.parameters.current)
-                self._hints = StampBuffer(HINT_CAPACITY, self._sync.infos.tolerance_ns)
+                self._hints = self._new_hints(self.parameters.current)
             if late is None or late < 0 or restart:
                 self._last_stamp = stamp
                 ready = self._sync.add_image(stamp, (msg.header, rgb, now, restart))
@@ -503,7 +506,7 @@ class DepthNode(Node):
             'backend': self._backend_name(),
             'dtype': str(getattr(self.regressor, 'dtype', 'unknown')),
             'device': str(getattr(self.regressor, 'device', 'unknown')),
-            'window / overlap': '{} / {}'.format(*self.window),
+            'window / overlap': f'{p.window} / {p.overlap}',
             'metric mode': p.metric_mode,
             'metric scale a (1/m)': 'n/a' if metric is None else f'{metric[0]:.6g}',
             'metric shift b (1/m)': 'n/a' if metric is None else f'{metric[1]:.6g}',
