@@ -134,6 +134,8 @@ class DepthNode(Node):
         self._log_counts = {}
         self._lock = threading.Lock()
         self.regressor = regressor if regressor is not None else build_regressor(p)
+        # (window, overlap) in frames: the parameters, or what the weights recommend.
+        self.window = p.resolved_window(getattr(self.regressor, 'recommended_window', None))
         self._stream = self._make_stream(p)
         self._size = None
         self._fit = None  # anchored mode: the last geometry.MetricFit
@@ -177,8 +179,8 @@ class DepthNode(Node):
                                         daemon=True)
         self._worker.start()
         self.get_logger().info(
-            f'depth node ready: backend {self._backend_name()}, window {p.window}, overlap '
-            f'{p.overlap}, metric {p.metric_mode}, subscribed to '
+            f'depth node ready: backend {self._backend_name()}, window {self.window[0]}, overlap '
+            f'{self.window[1]}, metric {p.metric_mode}, subscribed to '
             f'{self.resolve_topic_name("image")}')
 
     # ----------------------------------------------------------------------------- helpers
@@ -192,7 +194,7 @@ class DepthNode(Node):
 
     def _make_stream(self, p):
         from dvd_ros.stream.estimator import StreamingDepth
-        return StreamingDepth(self.regressor, p.window, p.overlap, **p.stream_options())
+        return StreamingDepth(self.regressor, *self.window, **p.stream_options())
 
     def _backend_name(self):
         return str(getattr(self.regressor, 'backend_name', type(self.regressor).__name__))
@@ -506,7 +508,7 @@ class DepthNode(Node):
             'backend': self._backend_name(),
             'dtype': str(getattr(self.regressor, 'dtype', 'unknown')),
             'device': str(getattr(self.regressor, 'device', 'unknown')),
-            'window / overlap': f'{p.window} / {p.overlap}',
+            'window / overlap': '{} / {}'.format(*self.window),
             'metric mode': p.metric_mode,
             'metric scale a (1/m)': 'n/a' if metric is None else f'{metric[0]:.6g}',
             'metric shift b (1/m)': 'n/a' if metric is None else f'{metric[1]:.6g}',
