@@ -359,6 +359,22 @@ def test_cli_bag_to_bag(tmp_path, capsys, stand_in):
     assert status == 2 and 'already exists' in err and '--overwrite' in err
 
 
+def test_failed_start_leaves_no_outputs_behind(tmp_path, capsys, stand_in):
+    # The bag writer refuses an input that already has its depth topics; the outputs made
+    # before it must go again, or the corrected re-run would stop on 'already exists'.
+    write_image_bag(tmp_path / 'in', synthetic_frames(3),
+                    extra_image_topics=('/cam/depth/disparity',))
+    argv = [tmp_path / 'in', '--topic', '/cam/image_raw', '--out', tmp_path / 'out',
+            '--outputs', 'png16,npz,ply-fused,bag', '--metric-a', 2, '--metric-b', 0.25,
+            '--window', 5, '--overlap', 2]
+    status, err = run_cli(capsys, *argv)
+    assert status == 2 and 'already has topic /cam/depth/disparity' in err, err
+    assert sorted(p.name for p in (tmp_path / 'out').iterdir()) == []
+    status, err = run_cli(capsys, *argv, '--depth-namespace', '/dvd')
+    assert status == 0, err
+    assert 'done: 3/3 frames' in err
+
+
 @pytest.mark.parametrize('case', ['missing_topic', 'corrupt_bag', 'unsupported_encoding',
                                   'unwritable_out', 'empty_folder', 'unreadable_video',
                                   'ply_without_metric', 'half_metric', 'bad_window'])

@@ -164,7 +164,13 @@ def _make_writers(config, source, metric):
                     namespace=namespace, source_bag=source.path if is_bag else None,
                     metric=metric, overwrite=config.overwrite)
     except BaseException:
-        _close_all(writers, complete=False)
+        # No frame was written yet: drop what the writers made, so the corrected re-run
+        # does not stop on 'already exists' (every path was fresh, see _fresh_path).
+        try:
+            _close_all(writers, complete=False)
+        finally:
+            for writer in writers.values():
+                out.discard_output(writer.path)
         raise
     return writers
 

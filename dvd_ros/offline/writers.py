@@ -87,6 +87,15 @@ def _fresh_path(path, overwrite):
     return path
 
 
+def discard_output(path):
+    """Remove an output file or folder this run created (before any frame was written)."""
+    path = Path(path)
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path, ignore_errors=True)
+    else:
+        path.unlink(missing_ok=True)
+
+
 def _replace_atomically(tmp, dst):
     os.replace(tmp, dst)
 
@@ -456,6 +465,8 @@ class BagWriter:
             self._reader.close()
             self._reader = None
         self._writer.close()
+        # Nothing was written: leave no empty bag that would block a corrected re-run.
+        discard_output(self.path)
 
     def _connection(self, topic, msgtype, **kwargs):
         conn = self._writer.add_connection(topic, msgtype, **kwargs)
