@@ -52,3 +52,16 @@ def test_status_levels_and_keys():
     assert values['dropped: queue_full'] == '3' and values['dropped: model_error'] == '2'
     assert values['frames dropped'] == '5' and values['queue'] == '2/8'
     assert values['backend'] == 'stand-in' and float(values['input rate (Hz)']) == 9.0
+
+
+def test_causes_without_frames_are_not_drops():
+    clock = Clock()
+    stats = NodeStats(clock=clock)
+    for i in range(10):
+        clock.t = i * 0.1
+        stats.input_rate.tick()
+    stats.drop('time_jump', 0)  # the node counts the images pending at a jump: maybe none
+    msg = status('/cam/depth_node', 'cam', stats, {}, 0, 8, more_dropped={'reset': 0}, now=1.0)
+    values = {kv.key: kv.value for kv in msg.values}
+    assert msg.message == 'running' and values['frames dropped'] == '0'
+    assert not [key for key in values if key.startswith('dropped:')]

@@ -103,6 +103,8 @@ def status(name, hardware_id, stats, extra, queue_length, queue_size, more_dropp
         out_rate = stats.output_rate.rate(now)
         dropped = Counter(stats.dropped)
         dropped.update(more_dropped or {})
+        # A cause counted with 0 frames (a time jump with no image pending) is no drop.
+        dropped = +dropped
         values = {
             'input rate (Hz)': f'{in_rate:.2f}',
             'output rate (Hz)': f'{out_rate:.2f}',
