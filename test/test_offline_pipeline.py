@@ -375,6 +375,21 @@ def test_failed_start_leaves_no_outputs_behind(tmp_path, capsys, stand_in):
     assert 'done: 3/3 frames' in err
 
 
+def test_disk_full_is_one_line_error(tmp_path, capsys, stand_in, monkeypatch):
+    from dvd_ros.offline import writers
+
+    def full(path, image):
+        raise OSError(28, 'No space left on device', str(path))
+
+    monkeypatch.setattr(writers.Png16Writer, '_write_png', staticmethod(full))
+    write_folder(tmp_path / 'imgs', synthetic_frames(3))
+    status, err = run_cli(capsys, tmp_path / 'imgs', '--out', tmp_path / 'out', '--outputs',
+                          'png16', '--window', 5, '--overlap', 2)
+    assert status == 2
+    assert err.splitlines()[-1].startswith('dvd-ros offline: error: ')
+    assert 'No space left on device' in err and 'Traceback' not in err
+
+
 @pytest.mark.parametrize('case', ['missing_topic', 'corrupt_bag', 'unsupported_encoding',
                                   'unwritable_out', 'empty_folder', 'unreadable_video',
                                   'ply_without_metric', 'half_metric', 'bad_window'])

@@ -158,5 +158,9 @@ def run(args):
         raise
     except (InputError, WeightsError, BackendUnavailable) as exc:
         raise CliError(str(exc)) from exc
+    except OSError as exc:
+        # Disk full or permissions changed mid-run: the finished frames are valid files.
+        raise CliError(f'{exc}; free space or fix permissions under {args.out} and run '
+                       'again (--overwrite)') from exc
     print(_summary(report), file=sys.stderr)
     return 0
