@@ -89,3 +89,12 @@ def test_convert_refuses_a_vae_file(tmp_path, fixtures, capsys):
     assert main(['weights', 'convert', str(fixtures / 'dvd_tiny_vae.safetensors'),
                  str(tmp_path / 'out')]) == 2
     assert 'not an official DVD file' in capsys.readouterr().err
+
+
+def test_convert_into_unwritable_destination_is_one_line_error(tmp_path, fixtures, capsys):
+    (tmp_path / 'a_file').write_text('x')
+    status = main(['weights', 'convert', str(fixtures / 'dvd_tiny_dit.safetensors'),
+                   str(tmp_path / 'a_file' / 'out'), '--dtype', 'float32'])
+    assert status == 2
+    err = capsys.readouterr().err
+    assert err.startswith('dvd-ros weights: error: ') and 'a_file' in err

@@ -106,6 +106,10 @@ def _convert(args):
         folder = checkpoint.save_converted(models, args.dst, meta=meta)
     except WeightsError as exc:
         raise CliError(str(exc)) from None
+    except OSError as exc:
+        # The folder gets dvd_ros.json last, so a partial one is never taken for weights.
+        raise CliError(f'cannot write {args.dst}: {exc}; choose a writable DST with free '
+                       'space') from None
     seconds = time.monotonic() - started
     print(f'wrote {folder} ({args.dtype}, LoRA rank {models.meta["lora_rank"]}, alpha '
           f'{models.meta["lora_alpha"]}, VAE from {models.meta["vae_source"]}) in {seconds:.1f} s')
