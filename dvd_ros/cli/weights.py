@@ -108,8 +108,8 @@ def _convert(args):
         raise CliError(str(exc)) from None
     except OSError as exc:
         # The folder gets dvd_ros.json last, so a partial one is never taken for weights.
-        raise CliError(f'cannot write {args.dst}: {exc}; choose a writable DST with free '
-                       'space') from None
+        raise CliError(f'{exc}; SRC must be readable and DST writable with free space') \
+            from None
     seconds = time.monotonic() - started
     print(f'wrote {folder} ({args.dtype}, LoRA rank {models.meta["lora_rank"]}, alpha '
           f'{models.meta["lora_alpha"]}, VAE from {models.meta["vae_source"]}) in {seconds:.1f} s')
