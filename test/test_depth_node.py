@@ -469,6 +469,20 @@ def test_backwards_time_jump_restarts_stream(rig_factory):
     assert len(rig.warnings_about('restarting the stream')) == 1
 
 
+def test_time_jump_keeps_camera_info_of_first_new_frame(rig_factory):
+    rig = rig_factory()
+    [rig.send(i, t0=100_000_000_000) for i in range(WINDOW) if not time.sleep(0.01)]
+    time.sleep(0.1)
+    # The first frame of the new time line: its CameraInfo arrives well before the image.
+    second = [header(0)]
+    rig.node._on_info(camera_info(second[0]))
+    time.sleep(0.05)
+    rig.node._on_image(image_msg(frame(0), second[0]))
+    second += [rig.send(i) for i in range(1, WINDOW) if not time.sleep(0.01)]
+    assert wait_for(lambda: rig.probe.count('depth/disparity') >= 2 * WINDOW)
+    assert wait_for(lambda: rig.probe.count('depth/camera_info') >= 2 * WINDOW)
+    assert {_key(h) for h in second} <= set(rig.probe.by_stamp('depth/camera_info'))
+
 def test_model_failure_keeps_node_alive(rig_factory):
     class Flaky(StandInRegressor):
         def predict(self, frames):

@@ -245,7 +245,11 @@ class DepthNode(Node):
                 # images and infos belong to the old time line.
                 restart = True
                 self.stats.drop('time_jump', self._sync.pending)
+                # This image's CameraInfo may have come first, into the old time line's sync.
+                info = self._sync.infos.find(stamp)
                 self._sync = self._new_sync(self.parameters.current)
+                if info is not None:
+                    self._sync.infos.add(stamp_ns(info.header.stamp), info)
                 self._hints = self._new_hints(self.parameters.current)
             if late is None or late < 0 or restart:
                 self._last_stamp = stamp
