@@ -338,6 +338,18 @@ def test_folder_source_sorted_frames(tmp_path, suffix):
         assert np.abs(stack - frames).mean() < 12
 
 
+def test_folder_unpadded_numbers_in_frame_order(tmp_path):
+    # ffmpeg's `frame_%d.png` pattern: frame_10 must come after frame_9, not after frame_1.
+    frames = synthetic_frames(12)
+    folder = tmp_path / 'imgs'
+    folder.mkdir()
+    for i, rgb in enumerate(frames, start=1):
+        cv2.imwrite(str(folder / f'frame_{i}.png'), cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR))
+    source = FolderSource(folder)
+    assert [p.name for p in source.files] == [f'frame_{i}.png' for i in range(1, 13)]
+    np.testing.assert_array_equal(np.stack([f.rgb for f in source]), frames)
+
+
 def test_image_file_size_from_headers(tmp_path):
     rgb = synthetic_frames(1, 21, 37)[0]
     for suffix in ('.png', '.jpg'):

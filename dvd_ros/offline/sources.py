@@ -9,6 +9,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 import math
 from pathlib import Path
+import re
 import sqlite3
 import struct
 
@@ -254,8 +255,18 @@ def image_file_size(path):
     return None
 
 
+def frame_order(path):
+    """Return the sort key of an image file: numbers by value (`f_9` before `f_10`), then name."""
+    parts = re.split(r'(\d+)', path.name)
+    return [int(p) if i % 2 else p for i, p in enumerate(parts)], path.name
+
+
 class FolderSource:
-    """Frames from an image folder: PNG/JPEG files in sorted name order, all the same size."""
+    """Frames from an image folder: PNG/JPEG files in name order, numbers compared by value.
+
+    Zero-padded names sort as plain text would; unpadded ones (`frame_%d.png`) keep their
+    frame order too.
+    """
 
     kind = 'folder'
 
@@ -263,8 +274,9 @@ class FolderSource:
         self.path = Path(path)
         self.frame_id = frame_id or DEFAULT_FRAME_ID
         self.fps = _check_fps(fps) or DEFAULT_FPS
-        self.files = sorted(p for p in self.path.iterdir()
-                            if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+        self.files = sorted((p for p in self.path.iterdir()
+                             if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES),
+                            key=frame_order)
         if not self.files:
             raise InputError(f'image folder {self.path} holds no .png/.jpg/.jpeg files; point '
                              'INPUT at the folder with the frames')
