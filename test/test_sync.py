@@ -61,6 +61,16 @@ def test_newer_info_releases_unmatched_image_at_once():
     assert sync.add_info(20, 'info20') == [('a', None)]
 
 
+
+def test_stale_future_info_does_not_release_later_images():
+    sync = StampSync(tolerance_ns=0, timeout_s=10.0, clock=FakeClock())
+    # An info of the old time line (bag loop) arrives after the stream restarted at 0.
+    sync.add_info(100_000, 'stale')
+    for s in range(1, 4):
+        assert sync.add_image(s, f'img{s}') == []  # waits for its own info
+        assert sync.add_info(s, f'info{s}') == [(f'img{s}', f'info{s}')]
+    assert sync.unmatched == 0
+
 def test_pending_bounded():
     sync = StampSync(timeout_s=100.0, max_pending=2, clock=FakeClock())
     sync.add_info(-1, 'old')

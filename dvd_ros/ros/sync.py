@@ -20,6 +20,7 @@ class _Pending:
     stamp: int
     item: object
     received: float
+    infos_seen: int = 0  # CameraInfos that had arrived when the image was queued
 
 
 class StampBuffer:
@@ -90,6 +91,8 @@ class StampSync:
         self.clock = clock
         self._pending = deque()
         self.unmatched = 0
+        self._infos_in = 0  # CameraInfos arrived so far
+        self._arrived_stamp = None  # stamp of the CameraInfo that arrived last
 
     @property
     def pending(self):
@@ -99,6 +102,8 @@ class StampSync:
     def add_info(self, stamp, info):
         """Store a CameraInfo; return the ``(image, info)`` pairs it (or a timeout) releases."""
         self.infos.add(stamp, info)
+        self._infos_in += 1
+        self._arrived_stamp = stamp
         return self._release()
 
     def add_image(self, stamp, image):
@@ -106,17 +111,20 @@ class StampSync:
         now = self.clock()
         if self._first_image is None:
             self._first_image = now
-        self._pending.append(_Pending(stamp, image, now))
+        self._pending.append(_Pending(stamp, image, now, self._infos_in))
         return self._release()
 
     def poll(self):
         """Return the pairs released by the timeout alone (call periodically)."""
         return self._release()
 
-    def _infos_passed(self, stamp):
-        # CameraInfo arrives in stamp order: once a newer one is here, this one never will.
-        newest = self.infos.newest_stamp()
-        return newest is not None and newest > stamp + self.infos.tolerance_ns
+    def _infos_passed(self, head):
+        # CameraInfo arrives in stamp order: once a newer one arrives after the image, the
+        # image's own never will. Only infos arriving after it count: a stale one stamped far
+        # ahead (the old time line of a bag loop) would otherwise release every later image
+        # unpaired, as the newest stored stamp.
+        return (self._infos_in > head.infos_seen
+                and self._arrived_stamp > head.stamp + self.infos.tolerance_ns)
 
     def _release(self):
         out = []
@@ -131,7 +139,7 @@ class StampSync:
             if info is None and not (uncalibrated
                                      or len(self._pending) > self.max_pending
                                      or now - head.received >= self.timeout_s
-                                     or self._infos_passed(head.stamp)):
+                                     or self._infos_passed(head)):
                 break
             self._pending.popleft()
             if info is None:
