@@ -251,3 +251,17 @@ def test_bag_writer_relative_only_and_existing_path(tmp_path):
 def test_depth_topics():
     assert writers.depth_topics('/cam/')['image'] == '/cam/depth/image'
     assert writers.depth_topics('')['points'] == '/depth/points'
+
+
+def test_frame_table_quotes_awkward_frame_ids(tmp_path):
+    import csv
+    from dataclasses import replace
+
+    table = writers.FrameTableWriter(tmp_path)
+    result = make_result(0, with_metric=False)
+    table.write(replace(result, frame=replace(result.frame, frame_id='rig,left "cam"')))
+    table.close()
+    with open(tmp_path / 'frames.csv', newline='', encoding='utf-8') as fh:
+        rows = list(csv.reader(fh))
+    assert rows[0] == ['index', 'stamp_ns', 'log_time_ns', 'frame_id']
+    assert rows[1] == ['0', '1000000000', '2000000000', 'rig,left "cam"']

@@ -6,6 +6,7 @@ written under a temporary name and renamed, the MP4 and the bag are finalised, t
 gets its header with the true vertex count.
 """
 
+import csv
 from dataclasses import dataclass
 import os
 from pathlib import Path
@@ -105,14 +106,17 @@ class FrameTableWriter:
 
     def __init__(self, out_dir, overwrite=False):
         self.path = _fresh_path(Path(out_dir) / 'frames.csv', overwrite)
-        self._fh = open(self.path, 'w', encoding='utf-8')  # noqa: SIM115 closed in close()
-        self._fh.write('index,stamp_ns,log_time_ns,frame_id\n')
+        # Closed in close(); newline='' lets csv write its own line ends.
+        self._fh = open(self.path, 'w', encoding='utf-8', newline='')  # noqa: SIM115
+        # csv quotes a frame_id holding a comma or quote; plain ids are written as is.
+        self._csv = csv.writer(self._fh, lineterminator='\n')
+        self._csv.writerow(('index', 'stamp_ns', 'log_time_ns', 'frame_id'))
         self.count = 0
 
     def write(self, result):
         """Append one row (flushed, so an interrupted run keeps every finished row)."""
         f = result.frame
-        self._fh.write(f'{f.index},{f.stamp_ns},{f.log_time_ns},{f.frame_id}\n')
+        self._csv.writerow((f.index, f.stamp_ns, f.log_time_ns, f.frame_id))
         self._fh.flush()
         self.count += 1
 
