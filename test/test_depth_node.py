@@ -517,6 +517,26 @@ def test_model_failure_while_finishing_a_stream_keeps_worker_alive(rig_factory):
     assert len(rig.warnings_about('simulated failure on the tail window')) == 1
 
 
+def test_unexpected_error_in_processing_keeps_worker_alive(rig_factory):
+    rig = rig_factory()
+    process = rig.node._process
+    failures = []
+
+    def fails_once(record):
+        if not failures:
+            failures.append(record)
+            raise RuntimeError('simulated internal failure')
+        return process(record)
+
+    rig.node._process = fails_once
+    sent = [rig.send(i) for i in range(WINDOW + 1) if not time.sleep(0.01)]
+    assert wait_for(lambda: rig.probe.count('depth/disparity') >= WINDOW)
+    assert rig.node.worker_alive
+    assert rig.node.stats.dropped['internal_error'] == 1
+    assert _key(sent[0]) not in rig.probe.by_stamp('depth/disparity')
+    assert len(rig.warnings_about('simulated internal failure')) == 1
+
+
 def test_queue_overflow_keeps_the_restart_of_a_time_jump(rig_factory):
     rig = rig_factory(queue_size=2)
     assert rig.node.stop()  # fill the queue by hand, nothing consumes it

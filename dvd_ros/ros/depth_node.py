@@ -320,7 +320,11 @@ class DepthNode(Node):
                 if self._stop.is_set():
                     return
                 record = self._queue.popleft()
-            self._process(record)
+            try:
+                self._process(record)
+            except Exception as exc:  # noqa: BLE001 - a dead worker would silence the node
+                self.report('internal_error', f'processing a frame failed, it is dropped and '
+                            f'the node goes on: {type(exc).__name__}: {exc}')
 
     def _process(self, record):
         p = self.parameters.current
