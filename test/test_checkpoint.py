@@ -226,6 +226,21 @@ def test_convert_then_load_folder_gives_same_outputs(tmp_path, models, dit_io, v
     assert info['vae_tensors'] == len(models.vae.state_dict())
 
 
+def test_interrupted_reconversion_is_not_taken_for_weights(tmp_path, models, monkeypatch):
+    # Converting again into a folder (weights convert --force) must not leave the old
+    # dvd_ros.json vouching for a mix of old and new weights when the write stops midway.
+    folder = checkpoint.save_converted(models, tmp_path / 'converted')
+
+    def disk_full(*args, **kwargs):
+        raise OSError(28, 'No space left on device')
+
+    monkeypatch.setattr(type(models.vae), 'save_pretrained', disk_full)
+    with pytest.raises(OSError):
+        checkpoint.save_converted(models, folder)
+    with pytest.raises(WeightsError, match='without dvd_ros.json'):
+        checkpoint.detect_layout(folder)
+
+
 # ------------------------------------------------------------------ writing the release layout
 
 def test_write_release_from_state_dict_roundtrips_exactly(tmp_path, release_state):

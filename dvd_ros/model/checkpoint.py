@@ -762,6 +762,9 @@ def save_converted(models, dst_dir, meta=None):
     """
     dst = Path(dst_dir)
     dst.mkdir(parents=True, exist_ok=True)
+    # dvd_ros.json marks a complete folder and is written last; drop an old one first, so a
+    # re-conversion that stops midway never passes for weights.
+    (dst / META_FILE).unlink(missing_ok=True)
     models.transformer.save_pretrained(dst / 'transformer', safe_serialization=True)
     models.vae.save_pretrained(dst / 'vae', safe_serialization=True)
     info = dict(models.meta)
