@@ -10,11 +10,29 @@ import os
 
 from ament_index_python.packages import get_package_share_directory
 from launch import LaunchDescription
-from launch.actions import DeclareLaunchArgument
+from launch.actions import DeclareLaunchArgument, OpaqueFunction
 from launch.conditions import IfCondition
 from launch.substitutions import LaunchConfiguration, PathJoinSubstitution
 from launch_ros.actions import Node
-from launch_ros.parameter_descriptions import ParameterValue
+
+from dvd_ros.ros.launch_support import model_arguments, model_overrides
+
+
+def _depth_node(context):
+    # The synthetic camera's ground truth stands in for a sparse metric sensor (LiDAR, RGB-D):
+    # anchored mode turns the relative output into metres from it. Model arguments override
+    # the parameter file only when given.
+    return [Node(
+        package='dvd_ros',
+        executable='depth_node',
+        name='depth_node',
+        namespace=LaunchConfiguration('namespace'),
+        parameters=[LaunchConfiguration('params_file'),
+                    {'metric_mode': 'anchored', 'hint_type': 'image'} | model_overrides(context)],
+        remappings=[('metric_hint', 'ground_truth/depth')],
+        output='screen',
+        emulate_tty=True,
+    )]
 
 
 def generate_launch_description():
@@ -30,15 +48,9 @@ def generate_launch_description():
         DeclareLaunchArgument('params_file',
                               default_value=os.path.join(share, 'config', 'depth.yaml'),
                               description='ROS parameter file of the depth node'),
-        DeclareLaunchArgument('weights', default_value='',
-                              description='DVD weights file or folder (empty: embedded tiny '
-                                          'model)'),
-        DeclareLaunchArgument('backend', default_value='torch',
-                              description='torch, torch-compile, onnxruntime, tensorrt or '
-                                          'stand-in'),
         DeclareLaunchArgument('use_rviz', default_value='true',
                               description='start RViz with rviz/depth.rviz'),
-    ]
+    ] + model_arguments()
     camera = Node(
         package='dvd_ros',
         executable='synthetic_camera',
@@ -47,23 +59,6 @@ def generate_launch_description():
         parameters=[{'source': LaunchConfiguration('source'),
                      'rate': LaunchConfiguration('rate')}],
         output='screen',
-    )
-    depth_node = Node(
-        package='dvd_ros',
-        executable='depth_node',
-        name='depth_node',
-        namespace=namespace,
-        # The synthetic camera's ground truth stands in for a sparse metric sensor (LiDAR,
-        # RGB-D): anchored mode turns the relative output into metres from it.
-        parameters=[LaunchConfiguration('params_file'),
-                    # value_type=str: an empty weights path must stay '', not become None.
-                    {'weights': ParameterValue(LaunchConfiguration('weights'), value_type=str),
-                     'backend': ParameterValue(LaunchConfiguration('backend'), value_type=str),
-                     'metric_mode': 'anchored',
-                     'hint_type': 'image'}],
-        remappings=[('metric_hint', 'ground_truth/depth')],
-        output='screen',
-        emulate_tty=True,
     )
     rviz = Node(
         package='rviz2',
@@ -74,4 +69,4 @@ def generate_launch_description():
         condition=IfCondition(LaunchConfiguration('use_rviz')),
         output='screen',
     )
-    return LaunchDescription(args + [camera, depth_node, rviz])
+    return LaunchDescription(args + [camera, OpaqueFunction(function=_depth_node), rviz])

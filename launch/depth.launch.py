@@ -14,19 +14,8 @@ from launch.actions import DeclareLaunchArgument, OpaqueFunction
 from launch.conditions import IfCondition
 from launch.substitutions import LaunchConfiguration, PathJoinSubstitution
 from launch_ros.actions import Node
-from launch_ros.parameter_descriptions import ParameterValue
 
-# Launch arguments that override the parameter file only when given (non-empty), so a
-# params_file that sets weights or device is not silently overridden by a default here.
-MODEL_ARGUMENTS = ('weights', 'backend', 'device', 'dtype')
-
-
-def model_overrides(context):
-    """Return {name: value} of the model launch arguments that were given (non-empty)."""
-    values = {name: LaunchConfiguration(name).perform(context) for name in MODEL_ARGUMENTS}
-    # value_type=str: launch would otherwise YAML-parse the text (a path like '1.1' -> float).
-    return {name: ParameterValue(value, value_type=str) for name, value in values.items()
-            if value}
+from dvd_ros.ros.launch_support import model_arguments, model_overrides
 
 
 def _depth_node(context):
@@ -58,21 +47,9 @@ def generate_launch_description():
         DeclareLaunchArgument('params_file',
                               default_value=os.path.join(share, 'config', 'depth.yaml'),
                               description='ROS parameter file of the depth node'),
-        DeclareLaunchArgument('weights', default_value='',
-                              description='DVD weights file or folder (empty: the params_file '
-                                          'value, whose default is the embedded tiny model)'),
-        DeclareLaunchArgument('backend', default_value='',
-                              description='torch, torch-compile, onnxruntime, tensorrt or '
-                                          'stand-in (empty: the params_file value)'),
-        DeclareLaunchArgument('device', default_value='',
-                              description='torch device, e.g. cuda or cpu (empty: the '
-                                          'params_file value)'),
-        DeclareLaunchArgument('dtype', default_value='',
-                              description='float32, bfloat16 or float16 (empty: the '
-                                          'params_file value)'),
         DeclareLaunchArgument('use_rviz', default_value='false',
                               description='start RViz with rviz/depth.rviz'),
-    ]
+    ] + model_arguments()
     rviz = Node(
         package='rviz2',
         executable='rviz2',

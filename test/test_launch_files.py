@@ -108,8 +108,9 @@ def test_depth_launch_arguments_and_node(fake_launch):
     overrides = depth.kwargs['parameters'][1]
     assert {k: (v.args[0], v.kwargs['value_type']) for k, v in overrides.items()} == {
         'weights': ('/models/1.1', str), 'device': ('cuda', str)}
+    from dvd_ros.ros.launch_support import MODEL_ARGUMENTS
     from dvd_ros.ros.params import SPECS
-    assert set(make_node.__globals__['MODEL_ARGUMENTS']) <= set(SPECS)
+    assert set(MODEL_ARGUMENTS) <= set(SPECS)
     nodes = [a for a in actions if isinstance(a, Node)]
     rviz = next(n for n in nodes if n.kwargs['executable'] == 'rviz2')
     assert rviz.kwargs['condition'].args[0].args[0] == 'use_rviz'
@@ -117,11 +118,21 @@ def test_depth_launch_arguments_and_node(fake_launch):
 
 def test_demo_launch(fake_launch):
     actions = _load(LAUNCH['demo']).args[0]
+    declared = {a.args[0]: a.kwargs for a in actions if isinstance(a, DeclareLaunchArgument)}
+    # The depth node is built when the arguments are known (model arguments only when given).
+    make_node = next(a for a in actions if isinstance(a, Recorded)
+                     and 'function' in a.kwargs).kwargs['function']
+    given = {name: kw['default_value'] for name, kw in declared.items()}
+    [depth] = make_node(given)
+    assert depth.kwargs['parameters'][1] == {'metric_mode': 'anchored', 'hint_type': 'image'}
+    [depth] = make_node(given | {'backend': 'onnxruntime'})
+    assert depth.kwargs['parameters'][1]['backend'].args[0] == 'onnxruntime'
+    actions = list(actions) + [depth]
     executables = {a.kwargs['executable'] for a in actions if isinstance(a, Node)}
     assert {'synthetic_camera', 'depth_node', 'rviz2'} == executables
     assert {'synthetic_camera', 'depth_node'} <= _executables()
-    declared = {a.args[0] for a in actions if isinstance(a, DeclareLaunchArgument)}
-    assert {'params_file', 'weights', 'backend', 'use_rviz', 'namespace'} <= declared
+    assert {'params_file', 'weights', 'backend', 'device', 'dtype', 'use_rviz',
+            'namespace'} <= set(declared)
     # Every parameter name a launch file sets is a real parameter of its node.
     from dvd_ros.ros.params import SPECS
     from dvd_ros.ros.synthetic_camera import CAMERA_PARAMETERS
