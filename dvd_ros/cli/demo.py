@@ -107,7 +107,7 @@ def run(args):
     metrics['diagnostics'] = dict(recording.diagnostics)
     (out / 'metrics.json').write_text(json.dumps(metrics, indent=2) + '\n')
     _write_picture(out / 'demo.png', arrays)
-    cloud = _write_cloud(out / 'cloud.ply', recording, stamps, arrays)
+    cloud = _write_cloud(out / 'cloud.ply', recording, stamps)
     print(format_metrics(metrics))
     print(f'demo: wrote {out / "demo.png"}, {out / "cloud.ply"} ({cloud} points), '
           f'{out / "recording.npz"}, {out / "metrics.json"}')
@@ -202,18 +202,17 @@ def _write_picture(path, arrays, columns=4):
     cv2.imwrite(str(path), cv2.cvtColor(np.concatenate([band, grid]), cv2.COLOR_RGB2BGR))
 
 
-def _write_cloud(path, recording, stamps, arrays):
+def _write_cloud(path, recording, stamps):
     from dvd_ros.offline.writers import ply_header, ply_vertices
 
     with_points = [s for s in stamps if s in recording.points]
+    xyz, rgb = np.zeros((0, 3), np.float32), None
     if with_points:
         stamp = with_points[len(with_points) // 2]
-        xyz = recording.points[stamp]
-        rgb = recording.rgb[stamp].reshape(-1, 3) if len(xyz) == arrays['rgb'][0][
-            ..., 0].size else None
-    else:
-        xyz, rgb = np.zeros((0, 3), np.float32), None
-    vertices = ply_vertices(xyz.reshape(-1, 1, 3), None if rgb is None else rgb)
+        xyz, rgb = recording.points[stamp], recording.rgb[stamp].reshape(-1, 3)
+        if len(rgb) != len(xyz):  # a strided or flat cloud: no colour per point
+            rgb = None
+    vertices = ply_vertices(xyz, rgb)
     with open(path, 'wb') as fh:
         fh.write(ply_header(len(vertices)))
         fh.write(vertices.tobytes())
