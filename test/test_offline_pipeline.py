@@ -312,6 +312,9 @@ def test_interrupt_leaves_valid_outputs(tmp_path, sigint):
 
 
 def test_sigint_is_deferred_while_writing():
+    # A test run started in the background (nohup, `cmd &`) inherits SIGINT ignored, and
+    # _Interrupts rightly keeps ignoring it then: start from Python's own handler.
+    inherited = signal.signal(signal.SIGINT, signal.default_int_handler)
     interrupts = pipeline._Interrupts()
     interrupts.install()
     try:
@@ -325,7 +328,8 @@ def test_sigint_is_deferred_while_writing():
             os.kill(os.getpid(), signal.SIGINT)
     finally:
         interrupts.uninstall()
-    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+        restored = signal.signal(signal.SIGINT, inherited)
+    assert restored is signal.default_int_handler
 
 
 # ---------------------------------------------------------------------------- CLI
