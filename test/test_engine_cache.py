@@ -21,7 +21,7 @@ KEY = EngineKey(backend='tensorrt', stage='dit', shape=(9, 480, 640), precision=
 CHANGES = {
     'backend': 'onnx', 'stage': 'decoder', 'shape': (25, 480, 640), 'precision': 'bf16',
     'weights': 'def456', 'device': 'NVIDIA GeForce RTX 4090', 'compute_capability': '8.9',
-    'runtime': 'tensorrt 10.8.0', 'format': 99,
+    'runtime': 'tensorrt 10.8.0', 'format': 99, 'calibration': '0123456789abcdef',
 }
 
 
@@ -42,6 +42,13 @@ def test_same_fields_give_the_same_key():
     twin = EngineKey(**dataclasses.asdict(KEY))
     assert twin == KEY and twin.digest == KEY.digest and twin.dirname == KEY.dirname
     assert EngineKey.from_dict(json.loads(json.dumps(KEY.to_dict()))) == KEY
+
+
+def test_keys_without_calibration_keep_their_digest():
+    # The digest (and so the folder name) the key had before the calibration field was
+    # added: caches built then stay valid.
+    assert 'calibration' not in KEY.to_dict()
+    assert KEY.digest == '4c289a3ab6764488791b9bbf906d4c0e81fa4023a2de94c14444813d3c26c899'
 
 
 def test_changes_cover_every_field():

@@ -15,6 +15,8 @@ directly, and any mismatch rebuilds with a log line naming what changed.
 Examples:
   dvd-ros engine build --weights weights/dvd-1.1-bf16 --backend tensorrt \\
       --window 25 --height 480 --width 640 --precision bf16
+  dvd-ros engine build --weights weights/dvd-1.1-bf16 --backend tensorrt \
+      --window 25 --precision fp8 --calibration recording.mcap
   dvd-ros engine build --backend onnxruntime --window 9 --height 48 --width 80 --check
   dvd-ros engine list
 """
@@ -51,8 +53,13 @@ def add_parser(subparsers):
     build.add_argument('--width', type=int, default=None,
                        help='processing width, multiple of 16 (default: as --height)')
     build.add_argument('--precision', choices=PRECISION_CHOICES, default=None,
-                       help='tensorrt: engine precision (default fp16); onnxruntime: fp32, or '
-                            'fp16 with --provider tensorrt')
+                       help='what the graphs compute in (tensorrt default fp16, onnxruntime '
+                            'default fp32); bf16 not on the onnxruntime CPU provider; fp8 = FP8 '
+                            'DiT linears, fp16 elsewhere')
+    build.add_argument('--calibration', type=Path, default=None,
+                       help='fp8: video, image folder or bag of your scene whose first '
+                            '--window frames calibrate the FP8 scales (default: a rendered '
+                            'synthetic room)')
     build.add_argument('--provider', choices=('cpu', 'cuda', 'tensorrt'), default=None,
                        help='onnxruntime execution provider (default: cuda when --device is '
                             'cuda, else cpu)')
@@ -66,8 +73,8 @@ def add_parser(subparsers):
     build.add_argument('--workspace-gib', type=float, default=None,
                        help='tensorrt builder workspace limit in GiB')
     build.add_argument('--check', action='store_true',
-                       help='onnxruntime/cpu: compare each graph with torch on a random input '
-                            '(runs the torch model once at full size)')
+                       help='onnxruntime/cpu: compare each graph with the float32 torch stage '
+                            'on a random input (runs the torch model once at full size)')
 
     listing = sub.add_parser('list', help='list the cached graphs and engines')
     listing.add_argument('--cache-dir', type=Path, default=None, help='engine cache folder')
@@ -125,6 +132,7 @@ def _build(args):
     if args.check and (args.backend != 'onnxruntime' or device != 'cpu'):
         raise CliError('--check compares onnxruntime on the CPU with torch; use it with '
                        '--backend onnxruntime and no --device')
+    calibration = _calibration_frames(args)  # before the (slow) weights, so errors come first
     try:
         # Check the shape before loading weights (the 1.3B model takes a while to load).
         WindowShape(args.window, args.height or 16, args.width or args.height or 16)
@@ -136,7 +144,8 @@ def _build(args):
     except DvdError as exc:
         raise CliError(str(exc)) from None
 
-    options = {'device': device, 'cache_dir': args.cache_dir, 'progress': _say}
+    options = {'device': device, 'cache_dir': args.cache_dir, 'progress': _say,
+               'calibration': calibration}
     if args.backend == 'onnxruntime':
         options.update(provider=args.provider, precision=args.precision or 'fp32')
     else:
@@ -156,7 +165,7 @@ def _build(args):
                 backend.prepare(shape, [stage])
             _say(f'[{i}/{len(stages)}] {stage} ready ({time.perf_counter() - start:.1f} s)')
             if args.check:
-                path = cache.entry_dir(_onnx_key(stage, shape, backend)) / 'model.onnx'
+                path = cache.entry_dir(backend.onnx_key(stage, shape)) / 'model.onnx'
                 error, scale = compare_with_onnxruntime(stage_module(models, stage), stage,
                                                         shape, path)
                 _say(f'    check: onnxruntime vs torch max |diff| = {error:.2e} '
@@ -167,10 +176,31 @@ def _build(args):
     return 0
 
 
-def _onnx_key(stage, shape, backend):
-    from dvd_ros.model.export import onnx_key
+def _calibration_frames(args):
+    """Read the first ``--window`` frames of ``--calibration`` as (T, H, W, 3) uint8, or None."""
+    if args.calibration is None:
+        return None
+    if (args.precision or '') != 'fp8':
+        raise CliError('--calibration sets the FP8 scales; use it with --precision fp8')
+    import numpy as np
 
-    return onnx_key(stage, shape, backend.stage_weights_id(stage))
+    from dvd_ros.errors import DvdError
+    from dvd_ros.offline.sources import open_source
+
+    try:
+        frames = []
+        for frame in open_source(args.calibration):
+            frames.append(frame.rgb)
+            if len(frames) == args.window:
+                break
+        if not frames:
+            raise CliError(f'--calibration {args.calibration}: no frames found')
+        if len({f.shape for f in frames}) > 1:
+            raise CliError(f'--calibration {args.calibration}: frames change size')
+    except DvdError as exc:
+        raise CliError(f'--calibration: {exc}') from None
+    print(f'calibrating FP8 on {len(frames)} frames of {args.calibration}', flush=True)
+    return np.stack(frames)
 
 
 def _say(line):

@@ -50,11 +50,16 @@ class EngineKey:
     compute_capability: str = ''  # e.g. '9.0'; '' for a portable artefact
     runtime: str = ''            # e.g. 'tensorrt 10.7.0' or 'torch 2.13.0 opset 17'
     format: int = CACHE_FORMAT
+    calibration: str = ''        # fp8: digest of the calibration frames ('' = synthetic)
 
     def to_dict(self):
         """Return the key as a JSON-ready dict (``shape`` as a list)."""
         data = asdict(self)
         data['shape'] = list(self.shape)
+        if not data['calibration']:
+            # Left out when unused, so the digests (folder names) of the keys made before
+            # the field existed stay the same and their cache entries stay valid.
+            del data['calibration']
         return data
 
     @classmethod
@@ -85,8 +90,9 @@ class EngineKey:
     def differences(self, other):
         """Return ``[(field, other_value, self_value), ...]`` for the fields that differ."""
         mine, theirs = self.to_dict(), other.to_dict()
-        return [(name, theirs.get(name), mine[name]) for name in mine
-                if mine[name] != theirs.get(name)]
+        names = list(mine) + [name for name in theirs if name not in mine]
+        return [(name, theirs.get(name), mine.get(name)) for name in names
+                if mine.get(name) != theirs.get(name)]
 
 
 def weights_fingerprint(module_or_state_dict, extra=()):

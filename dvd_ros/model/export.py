@@ -6,10 +6,12 @@ tracing a fixed window unrolls that loop into one static graph. The DiT graph is
 ``FoldedDiT``: the timestep and the zero text context are constants, not inputs.
 
 The TorchScript exporter (``dynamo=False``) is used: the dynamo exporter needs
-``onnxscript``, which is not a dependency of this package. Graphs are float32; a
-TensorRT build lowers the precision itself.
+``onnxscript``, which is not a dependency of this package. A graph is made per
+precision (``dvd_ros.model.precision``): TensorRT builds strongly typed networks, so
+the graph's types are the engine's precision. Inputs and outputs are float32 in all.
 """
 
+from collections import OrderedDict
 import copy
 from dataclasses import dataclass
 import os
@@ -28,17 +30,30 @@ from dvd_ros.model.folding import (
     latent_shape,
     onnx_compatible,
 )
+from dvd_ros.model.precision import (
+    TypedStage,
+    calibrate_fp8,
+    calibration_frames,
+    calibration_id,
+    find_precision,
+    quantize_linears,
+)
 
 STAGES = ('encoder', 'dit', 'decoder')
 INPUT_NAMES = {'encoder': 'video', 'dit': 'latents', 'decoder': 'latents'}
 OUTPUT_NAMES = {'encoder': 'latents', 'dit': 'depth_latents', 'decoder': 'video'}
-# Opset 17 has LayerNormalization and is read by onnxruntime >= 1.14 and TensorRT >= 8.6.
+# Opset 17 has LayerNormalization and is read by onnxruntime >= 1.14 and TensorRT >= 8.6;
+# bf16 and fp8 graphs need newer opsets (``Precision.opset``).
 DEFAULT_OPSET = 17
 ONNX_FILE = 'model.onnx'
 # Bump when the exported graph changes for the same weights (folding or export code).
 GRAPH_REVISION = 1
-EXPORT_RUNTIME = (f'torch {torch.__version__.split("+")[0]} opset {DEFAULT_OPSET} '
-                  f'graph {GRAPH_REVISION}')
+
+
+def export_runtime(opset=DEFAULT_OPSET):
+    """Return the cache key's runtime field of graphs exported at ``opset`` by this code."""
+    return f'torch {torch.__version__.split("+")[0]} opset {opset} graph {GRAPH_REVISION}'
+
 
 
 @dataclass(frozen=True)
@@ -122,30 +137,46 @@ def example_input(stage, shape, seed=0, device='cpu'):
     return x.to(device)
 
 
-def export_stage(module, stage, shape, out_dir, opset=DEFAULT_OPSET, device=None):
+def export_stage(module, stage, shape, out_dir, opset=None, device=None, precision='fp32',
+                 calibration=None):
     """Export ``module`` (from ``stage_module``) to ``out_dir/model.onnx`` for one window shape.
 
     Models over 2 GB get their weights as external data files in the same folder.
 
-    :param module: the stage module (CPU or CUDA; exported in float32).
+    :param module: the stage module (CPU or CUDA, any dtype; it is not modified).
     :param stage: one of ``STAGES`` (names the graph's input/output).
     :param shape: the ``WindowShape``.
     :param out_dir: folder to create; one stage per folder.
-    :param opset: ONNX opset.
+    :param opset: ONNX opset (default: what ``precision`` needs).
     :param device: where to trace (default: where the module is). Tracing runs the model
         once at full size, so the 1.3B model should be exported on a GPU.
+    :param precision: ``'fp32'``, ``'fp16'``, ``'bf16'`` or ``'fp8'``: the dtype the graph
+        computes in (its input and output are float32 whatever the precision).
+    :param calibration: fp8 DiT only: normalised latents ``(1, 16, T', h, w)`` on which the
+        FP8 input scales are calibrated (see ``calibration_latents``).
     :return: path of the ``.onnx`` file.
     """
+    spec = find_precision(precision)
+    opset = opset or spec.opset
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     path = out_dir / ONNX_FILE
     param = next(module.parameters())
     device = torch.device(device) if device is not None else param.device
-    if param.dtype != torch.float32 or param.device != device:
-        # Graphs are float32 (TensorRT lowers the precision itself): trace a float32 copy.
+    if param.dtype != torch.float32 or param.device != device or spec.name != 'fp32':
+        # Trace a float32 copy (quantised and cast below): the caller's module stays as it is.
         module = copy.deepcopy(module).to(device=device, dtype=torch.float32)
-        param = next(module.parameters())
-    x = example_input(stage, shape, device=param.device)
+    if spec.fp8_linears and stage == 'dit':
+        if calibration is None:
+            raise InputError('an fp8 DiT graph needs calibration latents; pass calibration=')
+        calibrate_fp8(module, quantize_linears(module), [calibration])
+    if spec.dtype != torch.float32:
+        for value in module.parameters():
+            # Parameters only: buffers such as the RoPE tables stay float32, as in the
+            # torch backend (``place_module``).
+            value.data = value.data.to(spec.dtype)
+        module = TypedStage(module, spec.dtype).eval()
+    x = example_input(stage, shape, device=device)
     with torch.no_grad(), onnx_compatible(module), warnings.catch_warnings():
         # The TorchScript exporter is deprecated upstream and warns on every call.
         warnings.simplefilter('ignore')
@@ -154,6 +185,25 @@ def export_stage(module, stage, shape, out_dir, opset=DEFAULT_OPSET, device=None
             input_names=[INPUT_NAMES[stage]], output_names=[OUTPUT_NAMES[stage]],
             do_constant_folding=True)
     return path
+
+
+@torch.no_grad()
+def calibration_latents(models, shape, frames=None, device=None):
+    """Encode calibration frames to the normalised latents the DiT sees at ``shape``'s size.
+
+    :param models: a ``DVDModels``.
+    :param shape: the ``WindowShape``.
+    :param frames: ``(T, H, W, 3)`` uint8 RGB, or ``None`` for a rendered synthetic room.
+    :param device: where to encode (default: where the VAE is).
+    :return: ``(1, 16, T', h, w)`` float32.
+    """
+    encoder = VaeEncoderStage(models).eval()
+    param = next(encoder.parameters())
+    if device is not None and torch.device(device) != param.device:
+        encoder = copy.deepcopy(encoder).to(device)
+        param = next(encoder.parameters())
+    video = calibration_frames(shape, frames)
+    return encoder(video.to(device=param.device, dtype=param.dtype)).float()
 
 
 def export_all(models, shape, out_dir, stages=STAGES, progress=print):
@@ -204,9 +254,41 @@ def stage_fingerprint(models, stage):
 class ExportedStages:
     """Backend half shared by the runtimes of exported graphs (one graph per window shape).
 
-    A subclass sets ``models`` and ``weights_id`` (dict stage -> fingerprint) and defines
+    A subclass sets ``models``, ``cache`` (an ``EngineCache``), ``weights_id`` (dict
+    stage -> fingerprint), ``precision``, ``calibration`` (fp8 frames or ``None``),
+    ``progress`` and ``export_device`` (where to trace), and defines
     ``_run(stage, x, shape, out_shape)``, which runs ``stage`` on ``x`` at ``shape``.
     """
+
+    # Sessions / engines of this many window shapes stay loaded (each holds its own copy
+    # of the weights: 2.6 GB for the 1.3B DiT in 16-bit); older shapes are released.
+    max_shapes = 2
+
+    def loaded(self, stage, shape, load):
+        """Return ``load()``'s runtime object for ``stage`` at ``shape``, loading it once.
+
+        Objects of the ``max_shapes`` most recently used shapes are kept; the others are
+        dropped (an offline run's short last window must not pin a second 1.3B engine).
+        """
+        items = self.__dict__.setdefault('_loaded', OrderedDict())
+        if (stage, shape) not in items:
+            items[stage, shape] = load()
+        items.move_to_end((stage, shape))
+        recent = list(dict.fromkeys(s for _, s in reversed(items)))[:self.max_shapes]
+        for old in [k for k in items if k[1] not in recent]:
+            del items[old]
+        return items[stage, shape]
+
+    def onnx_key(self, stage, shape):
+        """Return the cache key of the graph this backend runs for ``stage`` at ``shape``."""
+        return onnx_key(stage, shape, self.stage_weights_id(stage), self.precision,
+                        calibration_id(self.calibration))
+
+    def onnx_path(self, stage, shape):
+        """Return the cached graph of ``stage`` at ``shape``, exporting it on a miss."""
+        return cached_onnx(self.models, stage, shape, self.cache, self.stage_weights_id(stage),
+                           progress=self.progress, device=self.export_device,
+                           precision=self.precision, calibration=self.calibration)
 
     def stage_weights_id(self, stage):
         """Return ``stage``'s weights fingerprint, hashing the weights on first use only."""
@@ -230,14 +312,23 @@ class ExportedStages:
         return self._run('decoder', latents, shape, shape.video_shape)
 
 
-def onnx_key(stage, shape, weights_id):
-    """Return the cache key of the float32 ONNX graph of ``stage`` at ``shape``."""
+def _calibrated(stage, precision):
+    return stage == 'dit' and find_precision(precision).fp8_linears
+
+
+def onnx_key(stage, shape, weights_id, precision='fp32', calibration=''):
+    """Return the cache key of ``stage``'s ONNX graph at ``shape`` in ``precision``.
+
+    :param calibration: ``calibration_id`` of the FP8 calibration frames (fp8 DiT only).
+    """
     return EngineKey(backend='onnx', stage=stage,
-                     shape=(shape.window, shape.height, shape.width), precision='fp32',
-                     weights=weights_id, runtime=EXPORT_RUNTIME)
+                     shape=(shape.window, shape.height, shape.width), precision=precision,
+                     weights=weights_id, runtime=export_runtime(find_precision(precision).opset),
+                     calibration=calibration if _calibrated(stage, precision) else '')
 
 
-def cached_onnx(models, stage, shape, cache, weights_id=None, progress=None, device=None):
+def cached_onnx(models, stage, shape, cache, weights_id=None, progress=None, device=None,
+                precision='fp32', calibration=None):
     """Return the path of ``stage``'s ONNX graph at ``shape``, exporting it on a cache miss.
 
     :param models: a ``DVDModels``.
@@ -247,15 +338,22 @@ def cached_onnx(models, stage, shape, cache, weights_id=None, progress=None, dev
     :param weights_id: precomputed ``stage_fingerprint`` (computed when ``None``).
     :param progress: optional callable receiving a line before a (slow) export.
     :param device: where to trace on a miss (see ``export_stage``).
+    :param precision: the graph's precision (see ``export_stage``).
+    :param calibration: fp8: ``(T, H, W, 3)`` uint8 frames of the user's scene for the FP8
+        scales, or ``None`` for a rendered synthetic room.
     :return: ``Path`` of ``model.onnx`` inside the cache entry.
     """
     if weights_id is None:
         weights_id = stage_fingerprint(models, stage)
-    key = onnx_key(stage, shape, weights_id)
+    key = onnx_key(stage, shape, weights_id, precision, calibration_id(calibration))
 
     def build(folder):
         if progress:
-            progress(f'exporting {stage} ({shape.tag}) to ONNX ...')
-        return export_stage(stage_module(models, stage), stage, shape, folder, device=device)
+            progress(f'exporting {stage} ({shape.tag}, {precision}) to ONNX ...')
+        latents = None
+        if _calibrated(stage, precision):
+            latents = calibration_latents(models, shape, calibration, device=device)
+        return export_stage(stage_module(models, stage), stage, shape, folder, device=device,
+                            precision=precision, calibration=latents)
 
     return cache.get_or_build(key, build)

@@ -3,7 +3,8 @@
 Graphs are exported on first use of a window shape (``dvd_ros.model.export``) into the
 engine cache, so a restart with the same weights and shape loads them directly.
 Execution providers: ``cpu`` (always), ``cuda`` and ``tensorrt`` when the installed
-onnxruntime build has them (``onnxruntime-gpu``).
+onnxruntime build has them (``onnxruntime-gpu``). The precision is the graph's
+(``dvd_ros.model.precision``); inputs and outputs are float32 in every graph.
 """
 
 import logging
@@ -13,13 +14,10 @@ import time
 import torch
 
 from dvd_ros.errors import BackendUnavailable, InputError
+from dvd_ros.model.backends.torch_eager import resolve_dtype
 from dvd_ros.model.engine_cache import EngineCache, cuda_identity
-from dvd_ros.model.export import (
-    INPUT_NAMES,
-    OUTPUT_NAMES,
-    ExportedStages,
-    cached_onnx,
-)
+from dvd_ros.model.export import INPUT_NAMES, OUTPUT_NAMES, ExportedStages
+from dvd_ros.model.precision import DEFAULT_PRECISION, find_precision
 
 LOG = logging.getLogger('dvd_ros.backends.onnxruntime')
 PROVIDERS = {
@@ -41,31 +39,36 @@ def _import_onnxruntime():
 
 
 class OnnxRuntimeBackend(ExportedStages):
-    """Run encode / DiT / decode as ONNX graphs with onnxruntime (float32 graphs)."""
+    """Run encode / DiT / decode as ONNX graphs with onnxruntime."""
 
     name = 'onnxruntime'
 
     def __init__(self, models, device='cpu', dtype=torch.float32, provider=None,
-                 cache_dir=None, threads=None, precision='fp32', weights_id=None,
-                 progress=None):
+                 cache_dir=None, threads=None, precision=None, weights_id=None,
+                 progress=None, calibration=None):
         """Prepare the backend; graphs are exported and sessions created lazily per shape.
 
         :param models: a ``DVDModels`` (used to export graphs on a cache miss).
         :param device: ``'cpu'`` or ``'cuda[:i]'``: where inputs and outputs live.
-        :param dtype: must be ``torch.float32`` (the graphs are float32).
+        :param dtype: dtype of returned tensors; also the default precision.
         :param provider: ``'cpu'``, ``'cuda'`` or ``'tensorrt'``; default from ``device``.
         :param cache_dir: engine cache folder (default ``default_cache_dir()``).
         :param threads: intra-op threads of each session (default: onnxruntime's choice).
-        :param precision: ``'fp32'``, or ``'fp16'`` with the TensorRT provider.
+        :param precision: graph precision ``'fp32'``, ``'fp16'``, ``'bf16'`` (not on the CPU
+            provider) or ``'fp8'`` (on the CPU emulated, for accuracy checks); default from
+            ``dtype``.
         :param weights_id: dict stage -> precomputed weights fingerprint (skips hashing).
         :param progress: optional callable receiving a line before a slow step.
-        :raises BackendUnavailable: missing onnxruntime, provider or CUDA device.
+        :param calibration: fp8: ``(T, H, W, 3)`` uint8 RGB frames for the FP8 scales
+            (default: a rendered synthetic room).
+        :raises BackendUnavailable: missing onnxruntime, provider or CUDA device, or a
+            precision the provider cannot run.
         """
         ort = _import_onnxruntime()
         self.ort = ort
         self.models = models
         self.device = torch.device(device)
-        self.dtype = dtype
+        self.dtype = resolve_dtype(dtype)
         provider = provider or ('cpu' if self.device.type == 'cpu' else 'cuda')
         if provider not in PROVIDERS:
             raise InputError(f'unknown onnxruntime provider {provider!r}; choose one of '
@@ -82,21 +85,19 @@ class OnnxRuntimeBackend(ExportedStages):
         if provider != 'cpu' and self.device.type != 'cuda':
             raise InputError(f'provider {provider} runs on the GPU; pass device=cuda '
                              f'(got device={self.device})')
-        if dtype != torch.float32:
+        self.precision = find_precision(precision or DEFAULT_PRECISION[self.dtype]).name
+        if self.precision == 'bf16' and provider == 'cpu':
             raise BackendUnavailable(
-                f'backend onnxruntime runs float32 graphs, got dtype={dtype}; pass '
-                "dtype=torch.float32 (lower precision: provider='tensorrt' with "
-                "precision='fp16', or the 'tensorrt' backend)")
-        if precision not in ('fp32', 'fp16') or (precision == 'fp16' and provider != 'tensorrt'):
-            raise InputError(f'precision {precision!r} is not available with provider '
-                             f'{provider}; use fp32 (fp16 needs provider=tensorrt)')
+                'backend onnxruntime: the CPU provider has no bfloat16 kernels (Conv, MatMul); '
+                'use precision fp32 or fp16 (dtype float32 / float16) on the CPU, or bf16 with '
+                'provider cuda or tensorrt')
         self.provider = provider
-        self.precision = precision
         self.threads = threads
         self.cache = EngineCache(cache_dir)
         self.weights_id = dict(weights_id or {})
         self.progress = progress
-        self._sessions = {}
+        self.calibration = calibration
+        self.export_device = None  # trace where the models are
 
     def _providers(self):
         index = self.device.index or 0
@@ -110,7 +111,9 @@ class OnnxRuntimeBackend(ExportedStages):
         folder = self.cache.root / 'ort-tensorrt' / \
             f'{gpu.replace(" ", "_")}-sm{capability}-ort{self.ort.__version__}'
         folder.mkdir(parents=True, exist_ok=True)
-        options = {'device_id': index, 'trt_fp16_enable': self.precision == 'fp16',
+        # No trt_fp16_enable: that is TensorRT's weak typing (gone in TensorRT 11); the
+        # provider builds the typed graph strongly typed, in the graph's precision.
+        options = {'device_id': index,
                    'trt_engine_cache_enable': True,
                    'trt_engine_cache_path': os.fspath(folder),
                    'trt_timing_cache_enable': True,
@@ -119,35 +122,36 @@ class OnnxRuntimeBackend(ExportedStages):
 
     def session(self, stage, shape):
         """Return the ``InferenceSession`` of ``stage`` at ``shape`` (exporting on a miss)."""
-        key = (stage, shape)
-        if key not in self._sessions:
-            path = cached_onnx(self.models, stage, shape, self.cache,
-                               self.stage_weights_id(stage), progress=self.progress)
-            options = self.ort.SessionOptions()
-            if self.threads:
-                options.intra_op_num_threads = int(self.threads)
-            start = time.perf_counter()
-            self._sessions[key] = self.ort.InferenceSession(
-                os.fspath(path), sess_options=options, providers=self._providers())
-            LOG.info('onnxruntime %s session for %s ready in %.1f s (%s)', stage, shape.tag,
-                     time.perf_counter() - start, self.provider)
-        return self._sessions[key]
+        return self.loaded(stage, shape, lambda: self._create_session(stage, shape))
+
+    def _create_session(self, stage, shape):
+        path = self.onnx_path(stage, shape)
+        options = self.ort.SessionOptions()
+        # Errors only: fp16 graphs make the CPU provider warn about every constant it
+        # cannot pre-compute in fp16, which says nothing about the result.
+        options.log_severity_level = 3
+        if self.threads:
+            options.intra_op_num_threads = int(self.threads)
+        start = time.perf_counter()
+        session = self.ort.InferenceSession(os.fspath(path), sess_options=options,
+                                            providers=self._providers())
+        LOG.info('onnxruntime %s %s session for %s ready in %.1f s (%s)', stage,
+                 self.precision, shape.tag, time.perf_counter() - start, self.provider)
+        return session
 
     def _run(self, stage, x, shape, out_shape):
-        if x.dtype != torch.float32:
-            raise InputError(f'onnxruntime backend expects float32 tensors, got {x.dtype}')
         session = self.session(stage, shape)
         if self.provider == 'cpu':
-            array = x.detach().to('cpu').contiguous().numpy()
+            array = x.detach().to(device='cpu', dtype=torch.float32).contiguous().numpy()
             out = session.run([OUTPUT_NAMES[stage]], {INPUT_NAMES[stage]: array})[0]
-            return torch.from_numpy(out).to(self.device)
-        return self._run_bound(session, stage, x, out_shape)
+            return torch.from_numpy(out).to(device=self.device, dtype=self.dtype)
+        return self._run_bound(session, stage, x, out_shape).to(self.dtype)
 
     def _run_bound(self, session, stage, x, out_shape):
         # Bind torch's CUDA buffers directly: no host round trip.
         import numpy as np
 
-        x = x.detach().to(self.device).contiguous()
+        x = x.detach().to(device=self.device, dtype=torch.float32).contiguous()
         out = torch.empty(out_shape, dtype=torch.float32, device=self.device)
         index = self.device.index or 0
         binding = session.io_binding()

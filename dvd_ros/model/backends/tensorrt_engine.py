@@ -5,11 +5,12 @@ build``) and cached with a manifest keyed by GPU name and compute capability,
 TensorRT version, shape, precision and weights hash; any mismatch rebuilds with a
 log line naming what changed. ``tensorrt`` is imported only in this module.
 
-Precisions: ``fp32`` (TF32 allowed), ``fp16``, ``bf16`` (compute capability >= 8.0)
-and ``fp8`` (>= 8.9). The ONNX graphs are float32 and their inputs/outputs stay
-float32; TensorRT picks lower-precision kernels inside. ``fp8`` only sets TensorRT's
-FP8 flag: without Q/DQ nodes from a calibration tool (NVIDIA ModelOpt) the layers
-run in fp16, and a warning says so.
+Precisions: ``fp32``, ``fp16``, ``bf16`` (compute capability >= 8.0) and ``fp8``
+(>= 8.9; FP8 DiT linears calibrated on frames, fp16 elsewhere). Networks are built
+strongly typed: the precision is the typed ONNX graph's (``dvd_ros.model.precision``),
+never a builder flag. TensorRT 11 removed the weak-typing flags (``BuilderFlag.FP16``,
+``BF16``, ``FP8``), and on 10.x strong typing keeps the float32 norms and residual sums
+that the modules ask for. Engine inputs and outputs are float32.
 """
 
 import logging
@@ -26,14 +27,12 @@ from dvd_ros.model.export import (
     OUTPUT_NAMES,
     STAGES,
     ExportedStages,
-    cached_onnx,
 )
+from dvd_ros.model.precision import DEFAULT_PRECISION, PRECISIONS
 
 LOG = logging.getLogger('dvd_ros.backends.tensorrt')
 ENGINE_FILE = 'model.engine'
-# precision -> minimum compute capability.
-PRECISIONS = {'fp32': (0, 0), 'fp16': (5, 3), 'bf16': (8, 0), 'fp8': (8, 9)}
-_DEFAULT_PRECISION = {torch.float32: 'fp32', torch.float16: 'fp16', torch.bfloat16: 'bf16'}
+MIN_TENSORRT = (10, 0)  # strongly typed networks and the name-based tensor API
 
 
 def import_tensorrt():
@@ -43,9 +42,23 @@ def import_tensorrt():
     except ImportError as exc:
         raise BackendUnavailable(
             f'backend tensorrt: the tensorrt Python package is not installed ({exc}); install '
-            'it with `pip install tensorrt` (NVIDIA TensorRT 10, matching your CUDA), or use '
-            'backend onnxruntime / torch-compile') from None
+            'it with `pip install tensorrt` (NVIDIA TensorRT 10 or 11, matching your CUDA), '
+            'or use backend onnxruntime / torch-compile') from None
+    check_tensorrt_version(tensorrt.__version__)
     return tensorrt
+
+
+def check_tensorrt_version(version):
+    """Raise ``BackendUnavailable`` unless TensorRT ``version`` is >= ``MIN_TENSORRT``."""
+    try:
+        found = tuple(int(part) for part in version.split('.')[:2])
+    except ValueError:
+        return  # an unusual version string: let the build report what is missing
+    if found < MIN_TENSORRT:
+        need = '.'.join(map(str, MIN_TENSORRT))
+        raise BackendUnavailable(
+            f'backend tensorrt needs TensorRT >= {need} (strongly typed networks), found '
+            f'{version}; upgrade with `pip install -U tensorrt`, or use backend onnxruntime')
 
 
 def check_cuda(device):
@@ -66,12 +79,12 @@ def check_cuda(device):
 def resolve_precision(precision, dtype, capability):
     """Return the precision name, checking that the GPU of ``capability`` (major, minor) has it."""
     if precision is None:
-        precision = _DEFAULT_PRECISION.get(dtype, 'fp16')
+        precision = DEFAULT_PRECISION.get(dtype, 'fp16')
     if precision not in PRECISIONS:
         raise InputError(f'unknown TensorRT precision {precision!r}; choose one of '
                          f'{", ".join(PRECISIONS)}')
-    if tuple(capability) < PRECISIONS[precision]:
-        need = '.'.join(map(str, PRECISIONS[precision]))
+    if tuple(capability) < PRECISIONS[precision].min_capability:
+        need = '.'.join(map(str, PRECISIONS[precision].min_capability))
         have = '.'.join(map(str, capability))
         raise BackendUnavailable(
             f'backend tensorrt: precision {precision} needs compute capability >= {need}, this '
@@ -101,22 +114,22 @@ def _progress_monitor(trt, progress):
     return Monitor()
 
 
-def build_engine(trt, onnx_path, engine_path, precision, workspace_gib=None, progress=None):
-    """Build a serialized TensorRT engine from ``onnx_path`` into ``engine_path``.
+def build_engine(trt, onnx_path, engine_path, workspace_gib=None, progress=None):
+    """Build a serialized, strongly typed TensorRT engine from ``onnx_path`` into ``engine_path``.
 
     :param trt: the imported ``tensorrt`` module.
-    :param onnx_path: the float32 ONNX graph (external data beside it is found).
+    :param onnx_path: the typed ONNX graph (its types are the engine's precision; external
+        data beside it is found).
     :param engine_path: destination file.
-    :param precision: one of ``PRECISIONS``.
     :param workspace_gib: builder workspace limit (default: TensorRT's, the whole GPU).
     :param progress: optional callable receiving progress lines.
     :return: ``engine_path``.
     """
     logger = trt.Logger(trt.Logger.WARNING)
     builder = trt.Builder(logger)
-    flags = 0
-    if hasattr(trt.NetworkDefinitionCreationFlag, 'EXPLICIT_BATCH'):  # TensorRT 8.x
-        flags = 1 << int(trt.NetworkDefinitionCreationFlag.EXPLICIT_BATCH)
+    # Required on 10.x to get the graph's types; accepted and ignored on 11.x, where every
+    # network is strongly typed.
+    flags = 1 << int(trt.NetworkDefinitionCreationFlag.STRONGLY_TYPED)
     network = builder.create_network(flags)
     parser = trt.OnnxParser(network, logger)
     if not parser.parse_from_file(os.fspath(onnx_path)):
@@ -125,21 +138,13 @@ def build_engine(trt, onnx_path, engine_path, precision, workspace_gib=None, pro
     config = builder.create_builder_config()
     if workspace_gib:
         config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, int(workspace_gib * 2**30))
-    if precision in ('fp16', 'fp8'):
-        config.set_flag(trt.BuilderFlag.FP16)
-    if precision == 'bf16':
-        config.set_flag(trt.BuilderFlag.BF16)
-    if precision == 'fp8':
-        config.set_flag(trt.BuilderFlag.FP8)
-        LOG.warning('tensorrt fp8: the graph has no Q/DQ (calibration) nodes, so TensorRT '
-                    'runs its layers in fp16; quantise the ONNX with NVIDIA ModelOpt for FP8')
     monitor = _progress_monitor(trt, progress)
     if monitor is not None:
         config.progress_monitor = monitor
     serialized = builder.build_serialized_network(network, config)
     if serialized is None:
-        raise RuntimeError(f'TensorRT failed to build an engine from {onnx_path} '
-                           f'({precision}); see the TensorRT log above')
+        raise RuntimeError(f'TensorRT failed to build an engine from {onnx_path}; see the '
+                           'TensorRT log above')
     Path(engine_path).write_bytes(bytes(serialized))
     return Path(engine_path)
 
@@ -150,7 +155,8 @@ class TensorRTBackend(ExportedStages):
     name = 'tensorrt'
 
     def __init__(self, models, device='cuda', dtype=torch.float16, precision=None,
-                 cache_dir=None, workspace_gib=None, weights_id=None, progress=None):
+                 cache_dir=None, workspace_gib=None, weights_id=None, progress=None,
+                 calibration=None):
         """Check the GPU and TensorRT; engines are built or loaded lazily per window shape.
 
         :param models: a ``DVDModels`` (used to export and build on a cache miss).
@@ -161,6 +167,8 @@ class TensorRTBackend(ExportedStages):
         :param workspace_gib: TensorRT builder workspace limit in GiB.
         :param weights_id: dict stage -> precomputed weights fingerprint (skips hashing).
         :param progress: optional callable receiving build progress lines.
+        :param calibration: fp8: ``(T, H, W, 3)`` uint8 RGB frames of the robot's scene for
+            the FP8 scales (default: a rendered synthetic room).
         :raises BackendUnavailable: no CUDA, no tensorrt, or precision not on this GPU.
         """
         self.device = check_cuda(device)
@@ -174,9 +182,10 @@ class TensorRTBackend(ExportedStages):
         self.workspace_gib = workspace_gib
         self.weights_id = dict(weights_id or {})
         self.progress = progress
+        self.calibration = calibration
+        self.export_device = self.device  # tracing runs the model once at full size
         self.logger = self.trt.Logger(self.trt.Logger.WARNING)
         self.runtime = self.trt.Runtime(self.logger)
-        self._engines = {}
 
     def engine_key(self, stage, shape):
         """Return the cache key of ``stage``'s engine at ``shape`` on this GPU."""
@@ -184,27 +193,27 @@ class TensorRTBackend(ExportedStages):
                          shape=(shape.window, shape.height, shape.width),
                          precision=self.precision, weights=self.stage_weights_id(stage),
                          device=self.gpu, compute_capability=self.capability,
-                         runtime=f'tensorrt {self.trt.__version__}')
+                         runtime=f'tensorrt {self.trt.__version__}',
+                         calibration=self.onnx_key(stage, shape).calibration)
 
     def engine_path(self, stage, shape):
         """Return the cached engine file of ``stage`` at ``shape``, building it on a miss."""
         key = self.engine_key(stage, shape)
 
         def build(folder):
-            onnx_path = cached_onnx(self.models, stage, shape, self.cache,
-                                    self.stage_weights_id(stage), progress=self.progress,
-                                    device=self.device)
+            onnx_path = self.onnx_path(stage, shape)
             if self.progress:
                 self.progress(f'building TensorRT {self.precision} engine for {stage} '
                               f'({shape.tag}) on {self.gpu} ...')
             return build_engine(self.trt, onnx_path, Path(folder) / ENGINE_FILE,
-                                self.precision, self.workspace_gib, self.progress)
+                                self.workspace_gib, self.progress)
 
         return key, self.cache.get_or_build(key, build)
 
     def _context(self, stage, shape):
-        if (stage, shape) in self._engines:
-            return self._engines[stage, shape][1]
+        return self.loaded(stage, shape, lambda: self._load_engine(stage, shape))[1]
+
+    def _load_engine(self, stage, shape):
         key, path = self.engine_path(stage, shape)
         start = time.perf_counter()
         engine = self.runtime.deserialize_cuda_engine(path.read_bytes())
@@ -217,10 +226,9 @@ class TensorRTBackend(ExportedStages):
             if engine is None:
                 raise RuntimeError(f'TensorRT cannot load the engine it just built: {path}')
         context = engine.create_execution_context()
-        self._engines[stage, shape] = (engine, context)
-        LOG.info('tensorrt %s engine for %s loaded in %.1f s', stage, shape.tag,
-                 time.perf_counter() - start)
-        return context
+        LOG.info('tensorrt %s %s engine for %s loaded in %.1f s', stage, self.precision,
+                 shape.tag, time.perf_counter() - start)
+        return engine, context
 
     def prepare(self, shape, stages=STAGES):
         """Build or load the engines of ``stages`` for ``shape`` ahead of the first window."""
