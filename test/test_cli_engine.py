@@ -62,3 +62,42 @@ def test_tensorrt_without_cuda_is_one_clear_line(weights, tmp_path, capsys):
 def test_list_of_an_empty_cache(tmp_path, capsys):
     assert main(['engine', 'list', '--cache-dir', str(tmp_path)]) == 0
     assert 'is empty' in capsys.readouterr().out
+
+
+def test_fp8_build_with_calibration_frames_for_the_node(weights, tmp_path, capsys):
+    import cv2
+    import numpy as np
+
+    from dvd_ros.model.precision import calibration_id, load_calibration
+
+    torch.set_num_threads(1)
+    folder = tmp_path / 'scene'
+    folder.mkdir()
+    rng = np.random.default_rng(0)
+    for i in range(7):
+        cv2.imwrite(str(folder / f'{i:03d}.png'),
+                    rng.integers(0, 256, (24, 40, 3), dtype=np.uint8))
+    cache = tmp_path / 'engines'
+    status = main(['engine', 'build', '--weights', weights, '--backend', 'onnxruntime',
+                   '--precision', 'fp8', '--calibration', str(folder), '--window', '5',
+                   '--height', '16', '--width', '32', '--stages', 'dit',
+                   '--cache-dir', str(cache)])
+    out = capsys.readouterr().out
+    assert status == 0, out
+    assert 'calibrating FP8 on 5 frames' in out
+    saved = [line for line in out.splitlines() if 'fp8_calibration:=' in line]
+    assert len(saved) == 1
+    path = saved[0].split('fp8_calibration:=')[1].split()[0]
+    frames = load_calibration(path)
+    assert frames.shape == (5, 24, 40, 3)
+    entries = json.loads((main(['engine', 'list', '--cache-dir', str(cache), '--json']),
+                          capsys.readouterr().out)[1])
+    assert [e['key']['calibration'] for e in entries] == [calibration_id(frames)]
+    assert entries[0]['slot'] == 'onnx-dit-t5_16x32-fp8'
+
+
+def test_calibration_needs_fp8(weights, tmp_path, capsys):
+    status = main(['engine', 'build', '--weights', weights, '--backend', 'onnxruntime',
+                   '--calibration', str(tmp_path), '--cache-dir', str(tmp_path)])
+    assert status == 2
+    assert '--precision fp8' in capsys.readouterr().err

@@ -672,3 +672,23 @@ def test_window_from_the_weights_unless_set(rig_factory):
     assert rig.node.window == (9, 4)
     rig = rig_factory(regressor=StandInRegressor(), window=0, overlap=-1)
     assert rig.node.window == (9, 4)
+
+
+def test_precision_parameters_reach_the_backend(tmp_path):
+    from dataclasses import replace
+
+    from dvd_ros.model.precision import save_calibration
+    from dvd_ros.ros.depth_node import build_regressor
+    from dvd_ros.ros.params import DepthParams
+
+    base = replace(DepthParams.defaults(), backend='onnxruntime', cpu_threads=1)
+    assert build_regressor(base).backend.precision == 'fp32'  # from dtype float32
+    half = build_regressor(replace(base, precision='fp16').validate())
+    assert half.backend.precision == 'fp16'
+    frames = np.random.default_rng(2).integers(0, 256, (5, 16, 16, 3), dtype=np.uint8)
+    path = save_calibration(frames, tmp_path)
+    fp8 = build_regressor(replace(base, precision='fp8', fp8_calibration=str(path)).validate())
+    assert fp8.backend.precision == 'fp8'
+    assert np.array_equal(fp8.backend.calibration, frames)
+    with pytest.raises(InputError, match='cannot read FP8 calibration'):
+        build_regressor(replace(base, precision='fp8', fp8_calibration=str(tmp_path / 'x.npy')))

@@ -39,6 +39,12 @@ def _node(context, **overrides):
     return Node(f'params_{uuid.uuid4().hex[:8]}', context=context, parameter_overrides=params)
 
 
+def test_precision_choices_are_the_model_precisions():
+    from dvd_ros.model.precision import PRECISIONS
+
+    assert SPECS['precision'].choices == ('',) + tuple(PRECISIONS)
+
+
 def test_dataclass_matches_specs():
     assert [f.name for f in fields(DepthParams)] == [s.name for s in DEPTH_PARAMETERS]
     assert DepthParams.defaults().validate() == DepthParams.defaults()
@@ -104,6 +110,10 @@ def test_overrides_and_clear_errors(context):
         ({'scale_clip_low': 0.0}, 'scale_clip_low'),
         ({'drift_strength': -0.1}, 'drift_strength'),
         ({'confidence_tau': 0.0}, 'confidence_tau'),
+        ({'precision': 'int8'}, 'precision'),
+        ({'precision': 'fp16'}, "precision .'fp16'. applies to the onnxruntime and tensorrt"),
+        ({'backend': 'tensorrt', 'fp8_calibration': 'cal.npy'},
+         'fp8_calibration .*needs precision fp8'),
     ]
     for overrides, message in cases:
         node = _node(context, **overrides)

@@ -240,3 +240,17 @@ def test_fp8_vae_stages_are_plain_fp16(models, tmp_path):
     ops = {n.op_type for n in onnx.load(str(path)).graph.node}
     assert 'QuantizeLinear' not in ops
     assert weight_types(path) == {ELEM.FLOAT16}
+
+
+def test_calibration_file_round_trip_and_errors(tmp_path):
+    from dvd_ros.model.precision import load_calibration, save_calibration
+
+    frames = np.random.default_rng(1).integers(0, 256, (5, 16, 16, 3), dtype=np.uint8)
+    path = save_calibration(frames, tmp_path)
+    assert calibration_id(frames) in path.name
+    assert np.array_equal(load_calibration(path), frames)
+    with pytest.raises(InputError, match='cannot read FP8 calibration.*dvd-ros engine build'):
+        load_calibration(tmp_path / 'missing.npy')
+    np.save(tmp_path / 'gray.npy', frames[..., 0])
+    with pytest.raises(InputError, match='expected .T, H, W, 3. uint8'):
+        load_calibration(tmp_path / 'gray.npy')

@@ -173,6 +173,12 @@ def _build(args):
     except DvdError as exc:
         raise CliError(str(exc)) from None
     print(f'done in {time.perf_counter() - total:.1f} s', flush=True)
+    if calibration is not None:
+        from dvd_ros.model.precision import save_calibration
+
+        saved = save_calibration(calibration, cache.root)
+        print(f'calibration frames saved to {saved}; start the node with precision:=fp8 '
+              f'fp8_calibration:={saved} to use these engines', flush=True)
     return 0
 
 

@@ -218,6 +218,32 @@ def calibration_frames(shape, frames=None, seed=7):
     return video.float() / 127.5 - 1.0
 
 
+def save_calibration(frames, folder):
+    """Save calibration ``frames`` as ``folder/fp8-calibration-<id>.npy``; return the path."""
+    from pathlib import Path
+
+    path = Path(folder) / f'fp8-calibration-{calibration_id(frames)}.npy'
+    path.parent.mkdir(parents=True, exist_ok=True)
+    np.save(path, np.ascontiguousarray(frames), allow_pickle=False)
+    return path
+
+
+def load_calibration(path):
+    """Load calibration frames saved by ``save_calibration`` (``(T, H, W, 3)`` uint8).
+
+    :raises InputError: missing or unreadable file, or not uint8 RGB frames.
+    """
+    try:
+        frames = np.load(path, allow_pickle=False)
+    except (OSError, ValueError) as exc:
+        raise InputError(f'cannot read FP8 calibration frames {path} ({exc}); write them with '
+                         '`dvd-ros engine build --precision fp8 --calibration VIDEO`') from None
+    if frames.ndim != 4 or frames.shape[-1] != 3 or frames.dtype != np.uint8 or not len(frames):
+        raise InputError(f'FP8 calibration file {path} holds {frames.dtype} {frames.shape}; '
+                         'expected (T, H, W, 3) uint8 RGB frames')
+    return frames
+
+
 def calibration_id(frames):
     """Return a short digest naming calibration ``frames`` (``''`` for the synthetic default)."""
     if frames is None:

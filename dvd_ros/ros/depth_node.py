@@ -71,10 +71,16 @@ def build_regressor(params):
         # The worker shares the CPU with the executor threads: measured on 2 cores, two torch
         # threads made a window of the tiny model 25x slower than one.
         torch.set_num_threads(params.cpu_threads or max(1, (os.cpu_count() or 2) - 1))
+    options = {}
+    if params.precision:
+        options['precision'] = params.precision
+    if params.fp8_calibration:
+        from dvd_ros.model.precision import load_calibration
+        options['calibration'] = load_calibration(params.fp8_calibration)
     return DepthRegressor.from_pretrained(
         params.weights or None, device=params.device, dtype=params.dtype,
         height=params.model_height or None, width=params.model_width or None,
-        backend=params.backend)
+        backend=params.backend, **options)
 
 
 def _thin(n):

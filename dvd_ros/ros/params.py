@@ -36,6 +36,8 @@ HINT_TYPES = ('image', 'points')
 POLICIES = ('immediate', 'blend')
 RELIABILITIES = ('reliable', 'best_effort')
 DTYPES = ('float32', 'float16', 'bfloat16')
+# The graph precisions of dvd_ros.model.precision (not imported here: no torch at start-up).
+PRECISION_NAMES = ('fp32', 'fp16', 'bf16', 'fp8')
 # 'none' stands for the reference plain least squares (robust=False of StreamingDepth).
 ALIGN_ROBUST = ('none',) + ROBUST_METHODS
 
@@ -116,6 +118,12 @@ DEPTH_PARAMETERS = (
        choices=tuple(BACKENDS) + (STAND_IN_BACKEND,)),
     _p('device', 'cpu', 'torch device, e.g. cpu or cuda:0'),
     _p('dtype', 'float32', 'model compute dtype', choices=DTYPES),
+    _p('precision', '', 'onnxruntime / tensorrt: what the graphs compute in; empty = from '
+       'dtype; fp8 = FP8 DiT linears (tensorrt on sm 8.9+), fp16 elsewhere',
+       choices=('',) + PRECISION_NAMES),
+    _p('fp8_calibration', '', 'precision fp8: .npy of (T, H, W, 3) uint8 RGB frames of your '
+       'scene for the FP8 scales (`dvd-ros engine build --calibration` writes one); empty = '
+       'a rendered synthetic room'),
     _p('model_height', 0, 'processing height target of the model (frames are resized to '
        'cover it, aspect kept, and back); 0 = what the weights recommend (480 for DVD)',
        range=(0, 2048, 16), unit='px'),
@@ -210,6 +218,8 @@ class DepthParams:
     backend: str
     device: str
     dtype: str
+    precision: str
+    fp8_calibration: str
     model_height: int
     model_width: int
     cpu_threads: int
@@ -266,6 +276,14 @@ class DepthParams:
                              '45, 81) or 0 for what the weights recommend')
         if self.window:
             self.resolved_window(None)
+        if self.precision and self.backend not in ('onnxruntime', 'tensorrt'):
+            raise InputError(f'parameter precision ({self.precision!r}) applies to the '
+                             f'onnxruntime and tensorrt backends, not {self.backend!r}; set '
+                             "dtype for torch, or precision ''")
+        if self.fp8_calibration and self.precision != 'fp8':
+            raise InputError(f'parameter fp8_calibration ({self.fp8_calibration!r}) needs '
+                             f'precision fp8 (got {self.precision!r}); clear it or set '
+                             'precision fp8')
         if self.scale_clip_low > self.scale_clip_high:
             raise InputError(f'parameter scale_clip_low ({self.scale_clip_low}) must be <= '
                              f'scale_clip_high ({self.scale_clip_high}); e.g. 0.7 and 1.5')
