@@ -15,7 +15,11 @@ saves; the compiled, ONNX and TensorRT backends all run the folded DiT.
     python benchmarks/bench_backends.py                      # CPU, a few minutes
     python benchmarks/bench_backends.py --backends all       # CPU incl. torch-compile (slow)
     python benchmarks/bench_backends.py --device cuda        # 1.3B at 480x640, 9/25/45/81
-    python benchmarks/bench_backends.py --backends torch,onnxruntime --repeats 5
+    python benchmarks/bench_backends.py --backends torch,onnxruntime:fp16 --repeats 5
+
+A backend may name its graph precision after a colon (``onnxruntime:fp8``,
+``tensorrt:bf16``); "vs fp32" is the relative error (norm) of the decoded output against
+the float32 torch backend on the same video.
 
 Writes a markdown table (``--out``, default ``benchmarks/results/backends_<device>.md``)
 and, when matplotlib is installed, a PNG plot next to it.
@@ -82,22 +86,32 @@ def build_models(case, device, seed=0):
     return DVDModels(transformer, vae.eval(), presets.LATENTS_MEAN, presets.LATENTS_STD)
 
 
-def backend_options(name, device, threads, cache_dir):
-    """Options of backend ``name`` for this run (dtype chosen per device)."""
+# What --backends means when not given (torch-compile's CPU build takes ~5 min per shape).
+CPU_BACKENDS = ('torch', 'torch-folded', 'onnxruntime', 'onnxruntime:fp16', 'onnxruntime:fp8',
+                'tensorrt')
+CUDA_BACKENDS = ('torch', 'torch-folded', 'torch-compile', 'onnxruntime', 'tensorrt:fp16',
+                 'tensorrt:bf16', 'tensorrt:fp8')
+
+
+def backend_options(entry, device, threads, cache_dir):
+    """Return ``(backend name, options)`` of ``entry`` ('name' or 'name:precision')."""
+    name, _, precision = entry.partition(':')
     cuda = device == 'cuda'
     low = torch.bfloat16 if cuda else torch.float32
-    if name in ('torch', 'torch-folded'):
-        return {'device': device, 'dtype': low}
-    if name == 'torch-compile':
-        return {'device': device, 'dtype': low}
+    if name in ('torch', 'torch-folded', 'torch-compile'):
+        if precision:
+            raise ValueError(f'{entry}: torch backends take no precision (dtype is {low})')
+        return name, {'device': device, 'dtype': low}
     if name == 'onnxruntime':
-        options = {'device': device, 'dtype': torch.float32, 'cache_dir': cache_dir}
+        options = {'device': device, 'dtype': torch.float32, 'cache_dir': cache_dir,
+                   'precision': precision or 'fp32'}
         if not cuda:
             options['threads'] = threads
-        return options
+        return name, options
     if name == 'tensorrt':
-        return {'device': device, 'dtype': low, 'precision': 'bf16', 'cache_dir': cache_dir}
-    raise ValueError(name)
+        return name, {'device': device, 'dtype': torch.float32,
+                      'precision': precision or 'bf16', 'cache_dir': cache_dir}
+    raise ValueError(f'unknown backend {entry!r}')
 
 
 class FoldedTorch:
@@ -132,10 +146,10 @@ def sync(device):
 
 
 def measure(backend, video, repeats, device):
-    """Return first-call seconds and median stage times (seconds) of ``backend``."""
+    """Return first-call seconds, median stage times (seconds) and the decoded output."""
     with torch.inference_mode():
         start = time.perf_counter()
-        backend.decode(backend.transform(backend.encode(video)))
+        out = backend.decode(backend.transform(backend.encode(video)))
         sync(device)
         first = time.perf_counter() - start
         stages = {'encode': [], 'dit': [], 'decode': [], 'total': []}
@@ -153,7 +167,15 @@ def measure(backend, video, repeats, device):
             for name, value in (('encode', t1 - t0), ('dit', t2 - t1), ('decode', t3 - t2),
                                 ('total', t3 - t0)):
                 stages[name].append(value)
-    return first, {name: statistics.median(values) for name, values in stages.items()}
+    return first, {name: statistics.median(values) for name, values in stages.items()}, out
+
+
+@torch.no_grad()
+def float32_reference(case, video, device):
+    """Return the float32 eager torch backend's decoded output (what "vs fp32" compares)."""
+    backend = make_backend('torch', build_models(case, device), device=device,
+                           dtype=torch.float32)
+    return backend.decode(backend.transform(backend.encode(video))).float()
 
 
 def run_case(case, backends, args, rows):
@@ -162,28 +184,32 @@ def run_case(case, backends, args, rows):
     generator = torch.Generator().manual_seed(1)
     video = (torch.rand(1, 3, case.window, case.height, case.width, generator=generator)
              * 2 - 1).to(args.device)
-    for name in backends:
+    reference = float32_reference(case, video, args.device)
+    for entry in backends:
         # Fresh models per backend: torch backends cast and move them in place.
         models = build_models(case, args.device)
         row = {'config': case.config, 'window': case.window,
-               'size': f'{case.height}x{case.width}', 'backend': name}
+               'size': f'{case.height}x{case.width}', 'backend': entry.partition(':')[0]}
         try:
             with tempfile.TemporaryDirectory(prefix='dvd-bench-') as cache_dir:
-                backend = make_backend(name, models, **backend_options(
-                    name, args.device, args.threads, args.cache_dir or cache_dir))
+                name, options = backend_options(entry, args.device, args.threads,
+                                                args.cache_dir or cache_dir)
+                backend = make_backend(name, models, **options)
                 row['dtype'] = getattr(backend, 'precision', None) or \
                     str(getattr(backend, 'dtype', '')).replace('torch.', '')
-                first, times = measure(backend, video.to(backend_dtype(backend)),
-                                       args.repeats, args.device)
+                first, times, out = measure(backend, video.to(backend_dtype(backend)),
+                                            args.repeats, args.device)
             row.update(first=first, **times)
-            print(f'   {name:14s} first {first:7.2f} s   window {times["total"] * 1e3:9.1f} ms'
-                  f'   ({case.window / times["total"]:.2f} frames/s)', flush=True)
+            row['error'] = ((out.float() - reference).norm() / reference.norm()).item()
+            print(f'   {entry:18s} first {first:7.2f} s   window {times["total"] * 1e3:9.1f} '
+                  f'ms   ({case.window / times["total"]:.2f} frames/s, vs fp32 '
+                  f'{row["error"]:.1e})', flush=True)
         except BackendUnavailable as exc:
             row['note'] = f'unavailable: {exc}'
-            print(f'   {name:14s} unavailable: {exc}', flush=True)
+            print(f'   {entry:18s} unavailable: {exc}', flush=True)
         except Exception as exc:  # keep measuring the others; the table shows why
             row['note'] = f'failed: {type(exc).__name__}: {str(exc).splitlines()[0][:160]}'
-            print(f'   {name:14s} {row["note"]}', flush=True)
+            print(f'   {entry:18s} {row["note"]}', flush=True)
         rows.append(row)
         del models
         gc.collect()
@@ -199,14 +225,15 @@ def backend_dtype(backend):
 def table(rows):
     """Markdown table of ``rows`` with speed-ups relative to the torch backend."""
     lines = ['| config | window | size | backend | dtype | first call (s) | encode (ms) | '
-             'DiT (ms) | decode (ms) | window (ms) | frames/s | vs torch | DiT vs torch |',
-             '|---|---|---|---|---|---|---|---|---|---|---|---|---|']
+             'DiT (ms) | decode (ms) | window (ms) | frames/s | vs torch | DiT vs torch | '
+             'vs fp32 |',
+             '|---|---|---|---|---|---|---|---|---|---|---|---|---|---|']
     base = {(r['config'], r['window']): r for r in rows
             if r['backend'] == 'torch' and 'total' in r}
     for r in rows:
         if 'total' not in r:
             lines.append(f'| {r["config"]} | {r["window"]} | {r["size"]} | {r["backend"]} | '
-                         f'| {r.get("note", "")} | | | | | | | |')
+                         f'| {r.get("note", "")} | | | | | | | | |')
             continue
         ref = base.get((r['config'], r['window']))
         ratio = f'{ref["total"] / r["total"]:.2f}x' if ref else ''
@@ -215,7 +242,7 @@ def table(rows):
             f'| {r["config"]} | {r["window"]} | {r["size"]} | {r["backend"]} | {r["dtype"]} | '
             f'{r["first"]:.2f} | {r["encode"] * 1e3:.1f} | {r["dit"] * 1e3:.1f} | '
             f'{r["decode"] * 1e3:.1f} | {r["total"] * 1e3:.1f} | '
-            f'{r["window"] / r["total"]:.2f} | {ratio} | {dit_ratio} |')
+            f'{r["window"] / r["total"]:.2f} | {ratio} | {dit_ratio} | {r["error"]:.1e} |')
     return '\n'.join(lines) + '\n'
 
 
@@ -248,14 +275,15 @@ def plot(rows, path):
         return None
     measured = [r for r in rows if 'total' in r]
     groups = list(dict.fromkeys((r['config'], r['window']) for r in measured))
-    names = list(dict.fromkeys(r['backend'] for r in measured))
+    names = list(dict.fromkeys((r['backend'], r['dtype']) for r in measured))
     fig, ax = plt.subplots(figsize=(max(6, 1.6 * len(groups)), 4))
     width = 0.8 / max(1, len(names))
     for i, name in enumerate(names):
         values = [next((r['window'] / r['total'] for r in measured
-                        if (r['config'], r['window']) == g and r['backend'] == name), 0)
-                  for g in groups]
-        ax.bar([j + i * width for j in range(len(groups))], values, width, label=name)
+                        if (r['config'], r['window']) == g and (r['backend'], r['dtype']) == name),
+                       0) for g in groups]
+        ax.bar([j + i * width for j in range(len(groups))], values, width,
+               label=' '.join(name))
     ax.set_xticks([j + 0.4 - width / 2 for j in range(len(groups))])
     ax.set_xticklabels([f'{c}\nT={w}' for c, w in groups])
     ax.set_ylabel('frames / s')
@@ -271,9 +299,10 @@ def main(argv=None):
     parser.add_argument('--device', choices=('cpu', 'cuda'), default=None,
                         help='default: cuda when available, else cpu')
     parser.add_argument('--backends', default=None,
-                        help='comma-separated backends to try, or "all" (default: all on CUDA; '
-                             'on CPU all but torch-compile, whose inductor build of the unrolled '
-                             'VAE takes ~5 min per shape on 2 cores)')
+                        help='comma-separated backends to try, each optionally with :precision '
+                             '(onnxruntime:fp16), or "all" (default: CPU_BACKENDS / '
+                             'CUDA_BACKENDS; on CPU torch-compile is left out, its inductor '
+                             'build of the unrolled VAE takes ~5 min per shape on 2 cores)')
     parser.add_argument('--configs', default=None,
                         help='CPU only: comma-separated subset of tiny,mid (default: both)')
     parser.add_argument('--windows', default=None,
@@ -291,11 +320,13 @@ def main(argv=None):
     if args.device == 'cuda' and not torch.cuda.is_available():
         parser.error('--device cuda: torch sees no CUDA GPU')
     torch.set_num_threads(args.threads)
-    if args.backends in (None, 'all'):
-        args.backends = ','.join(b for b in ('torch', 'torch-folded', *list(BACKENDS)[1:])
-                                 if args.backends == 'all' or args.device == 'cuda' or
-                                 b != 'torch-compile')
-    backends = [b.strip() for b in args.backends.split(',') if b.strip()]
+    if args.backends is None:
+        backends = list(CUDA_BACKENDS if args.device == 'cuda' else CPU_BACKENDS)
+    elif args.backends == 'all':
+        backends = list(dict.fromkeys(['torch', 'torch-folded', *BACKENDS, *CPU_BACKENDS,
+                                       *CUDA_BACKENDS]))
+    else:
+        backends = [b.strip() for b in args.backends.split(',') if b.strip()]
     if args.device == 'cuda':
         windows = [int(w) for w in (args.windows or '9,25,45,81').split(',')]
         cases = [c for c in CUDA_CASES if c.window in windows]

@@ -241,18 +241,26 @@ class FakeTensorRT11:
     __version__ = '11.5.0'
 
     class Logger:
+        """trt.Logger."""
+
         WARNING = 2
 
         def __init__(self, level):
             self.level = level
 
     class NetworkDefinitionCreationFlag:
+        """Network creation flags (11.x: strongly typed only)."""
+
         STRONGLY_TYPED = 1
 
     class MemoryPoolType:
+        """Builder memory pools."""
+
         WORKSPACE = 0
 
     class BuilderFlag:
+        """What is left of the builder flags in 11.x (no FP16/BF16/FP8/INT8)."""
+
         TF32 = 'tf32'
 
     def __init__(self):
@@ -293,7 +301,21 @@ class FakeTensorRT11:
                 trt.parsed = path
                 return True
 
-        self.Builder, self.OnnxParser = Builder, OnnxParser
+        class Engine:
+            def __init__(self, data):
+                self.data = data
+
+            def create_execution_context(self):
+                return ('context', self.data)
+
+        class Runtime:
+            def __init__(self, logger):
+                pass
+
+            def deserialize_cuda_engine(self, data):
+                return Engine(data)
+
+        self.Builder, self.OnnxParser, self.Runtime = Builder, OnnxParser, Runtime
 
 
 def test_tensorrt_build_is_strongly_typed_without_precision_flags(tmp_path):
@@ -317,3 +339,34 @@ def test_tensorrt_version_check():
     check_tensorrt_version('11.5.0.post1')
     with pytest.raises(BackendUnavailable, match='TensorRT >= 10.0.*found 8.6.1.*pip install'):
         check_tensorrt_version('8.6.1')
+
+
+def test_tensorrt_backend_builds_the_typed_graph_of_its_precision(models, tmp_path,
+                                                                  monkeypatch):
+    """The backend's Python path up to execution, on a stand-in GPU and TensorRT 11."""
+    import onnx
+
+    from dvd_ros.model.backends import tensorrt_engine
+
+    trt = FakeTensorRT11()
+    monkeypatch.setattr(tensorrt_engine, 'check_cuda', lambda device: torch.device('cpu'))
+    monkeypatch.setattr(tensorrt_engine, 'cuda_identity', lambda device: ('Fake H200', '9.0'))
+    monkeypatch.setattr(tensorrt_engine, 'import_tensorrt', lambda: trt)
+    backend = create_backend('tensorrt', models, precision='fp8', cache_dir=tmp_path)
+    shape = WindowShape(5, 32, 48)
+    backend.prepare(shape, ['dit'])
+    graph = onnx.load(trt.parsed)
+    assert 'QuantizeLinear' in {n.op_type for n in graph.graph.node}  # the fp8 graph
+    key = backend.engine_key('dit', shape)
+    assert (key.precision, key.device, key.runtime) == ('fp8', 'Fake H200', 'tensorrt 11.5.0')
+    assert trt.flags == []
+    # Same setup again: engine and graph come from the cache, nothing is exported or built.
+    trt.parsed = None
+    monkeypatch.setattr('dvd_ros.model.export.export_stage',
+                        lambda *a, **k: pytest.fail('exported although cached'))
+    again = create_backend('tensorrt', models, precision='fp8', cache_dir=tmp_path)
+    again.prepare(shape, ['dit'])
+    assert trt.parsed is None
+    with pytest.raises(BackendUnavailable, match='fp8 needs compute capability >= 8.9'):
+        monkeypatch.setattr(tensorrt_engine, 'cuda_identity', lambda d: ('Fake T4', '7.5'))
+        create_backend('tensorrt', models, precision='fp8', cache_dir=tmp_path)

@@ -60,13 +60,12 @@ def weight_types(path):
 
 
 def typed_torch(module, dtype):
-    """The stage the way a typed graph computes it: parameters cast, buffers kept."""
+    """Return the stage as a typed graph computes it: parameters cast, buffers kept."""
     import copy
 
-    module = copy.deepcopy(module)
-    for value in module.parameters():
-        value.data = value.data.to(dtype)
-    return TypedStage(module, dtype).eval()
+    from dvd_ros.model.backends.torch_eager import place_module
+
+    return TypedStage(place_module(copy.deepcopy(module), 'cpu', dtype), dtype).eval()
 
 
 def test_precision_table_and_unknown_name():

@@ -1,0 +1,33 @@
+#!/usr/bin/env bash
+# The GPU checks of the acceleration work, as one prepared run for a device machine:
+#   here:      bash scripts/device_wheels.sh
+#   on the GPU: bash scripts/device_check.sh      (carry .whl; results under $OUT)
+# GPU tests (tensorrt ones skip where tensorrt is not installed), then the 1.3B benchmark
+# (random weights, 480x640) for the windows in BENCH_WINDOWS. PYTHON overrides python3.
+set -uo pipefail
+cd "$(dirname "$0")/.."
+OUT=${OUT:-out/device}
+PY=${PYTHON:-python3}
+mkdir -p "$OUT"
+if ls .whl/*.whl >/dev/null 2>&1; then
+  "$PY" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
+    --target /tmp/dvd-site .whl/*.whl || exit 1
+  export PYTHONPATH=/tmp/dvd-site
+fi
+export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1
+export ROS_AUTOMATIC_DISCOVERY_RANGE=LOCALHOST
+nvidia-smi > "$OUT/gpu.txt" 2>&1
+"$PY" -c "import torch, diffusers; print('torch', torch.__version__, 'cuda',
+torch.cuda.is_available(), 'diffusers', diffusers.__version__)" 2>&1 | tee "$OUT/versions.txt"
+"$PY" -m pytest -q -p no:cacheprovider -rs test/test_backends.py test/test_precision.py \
+  test/test_folding.py 2>&1 | tee "$OUT/pytest.log"
+status=${PIPESTATUS[0]}
+if "$PY" -c 'import torch, sys; sys.exit(not torch.cuda.is_available())'; then
+  timeout "${BENCH_SECONDS:-420}" "$PY" benchmarks/bench_backends.py --device cuda \
+    --windows "${BENCH_WINDOWS:-9,25}" --repeats 3 \
+    --backends "${BENCH_BACKENDS:-torch,torch-folded,torch-compile,onnxruntime,tensorrt:bf16}" \
+    --out "$OUT/backends_cuda.md" 2>&1 | tee "$OUT/bench.log"
+else
+  echo 'no CUDA GPU: benchmark skipped' | tee "$OUT/bench.log"
+fi
+exit "$status"
