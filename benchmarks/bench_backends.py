@@ -8,9 +8,10 @@ Every backend runs the same three stages (VAE encode, the single DiT pass, VAE d
 on the same random video. "first call" includes what a backend does once per window
 shape (ONNX export, torch.compile, TensorRT engine build); the stage times are medians
 of the following calls. A backend that cannot run here is listed with its reason.
-``torch-folded`` is the eager torch backend with the DiT replaced by ``FoldedDiT``
-(constant timestep/cross-attention folded, DVD_SPEC.md §5.5): it isolates what folding
-saves; the compiled, ONNX and TensorRT backends all run the folded DiT.
+``torch`` runs the DiT as ``FoldedDiT`` (constant timestep/cross-attention folded,
+DVD_SPEC.md §5.5), like every other backend; ``torch-unfolded`` is the eager torch
+backend calling the diffusers transformer with the 512-row zero context as the reference
+does, so the two rows isolate what folding saves.
 
     python benchmarks/bench_backends.py                      # CPU, a few minutes
     python benchmarks/bench_backends.py --backends all       # CPU incl. torch-compile (slow)
@@ -87,9 +88,9 @@ def build_models(case, device, seed=0):
 
 
 # What --backends means when not given (torch-compile's CPU build takes ~5 min per shape).
-CPU_BACKENDS = ('torch', 'torch-folded', 'onnxruntime', 'onnxruntime:fp16', 'onnxruntime:fp8',
-                'tensorrt')
-CUDA_BACKENDS = ('torch', 'torch-folded', 'torch-compile', 'onnxruntime', 'tensorrt:fp16',
+CPU_BACKENDS = ('torch', 'torch-unfolded', 'onnxruntime', 'onnxruntime:fp16',
+                'onnxruntime:fp8', 'tensorrt')
+CUDA_BACKENDS = ('torch', 'torch-unfolded', 'torch-compile', 'onnxruntime', 'tensorrt:fp16',
                  'tensorrt:bf16', 'tensorrt:fp8')
 
 
@@ -98,9 +99,11 @@ def backend_options(entry, device, threads, cache_dir):
     name, _, precision = entry.partition(':')
     cuda = device == 'cuda'
     low = torch.bfloat16 if cuda else torch.float32
-    if name in ('torch', 'torch-folded', 'torch-compile'):
+    if name in ('torch', 'torch-unfolded', 'torch-compile'):
         if precision:
             raise ValueError(f'{entry}: torch backends take no precision (dtype is {low})')
+        if name == 'torch-unfolded':
+            return 'torch', {'device': device, 'dtype': low, 'fold': False}
         return name, {'device': device, 'dtype': low}
     if name == 'onnxruntime':
         options = {'device': device, 'dtype': torch.float32, 'cache_dir': cache_dir,
@@ -112,32 +115,6 @@ def backend_options(entry, device, threads, cache_dir):
         return name, {'device': device, 'dtype': torch.float32,
                       'precision': precision or 'bf16', 'cache_dir': cache_dir}
     raise ValueError(f'unknown backend {entry!r}')
-
-
-class FoldedTorch:
-    """The torch backend with the DiT swapped for ``FoldedDiT`` (shows what folding saves)."""
-
-    name = 'torch-folded'
-
-    def __init__(self, models, **options):
-        from dvd_ros.model.backends.torch_eager import TorchBackend
-        from dvd_ros.model.folding import FoldedDiT
-
-        self.inner = TorchBackend(models, **options)
-        self.dtype = self.inner.dtype
-        self.encode, self.decode = self.inner.encode, self.inner.decode
-        self.folded = FoldedDiT(self.inner.transformer).eval()
-
-    def transform(self, latents):
-        """Run the folded DiT."""
-        with torch.inference_mode():
-            return self.folded(latents.to(device=self.inner.device, dtype=self.dtype))
-
-
-def make_backend(name, models, **options):
-    if name == 'torch-folded':
-        return FoldedTorch(models, **options)
-    return create_backend(name, models, **options)
 
 
 def sync(device):
@@ -173,8 +150,8 @@ def measure(backend, video, repeats, device):
 @torch.no_grad()
 def float32_reference(case, video, device):
     """Return the float32 eager torch backend's decoded output (what "vs fp32" compares)."""
-    backend = make_backend('torch', build_models(case, device), device=device,
-                           dtype=torch.float32)
+    backend = create_backend('torch', build_models(case, device), device=device,
+                             dtype=torch.float32, fold=False)
     return backend.decode(backend.transform(backend.encode(video))).float()
 
 
@@ -194,7 +171,7 @@ def run_case(case, backends, args, rows):
             with tempfile.TemporaryDirectory(prefix='dvd-bench-') as cache_dir:
                 name, options = backend_options(entry, args.device, args.threads,
                                                 args.cache_dir or cache_dir)
-                backend = make_backend(name, models, **options)
+                backend = create_backend(name, models, **options)
                 row['dtype'] = getattr(backend, 'precision', None) or \
                     str(getattr(backend, 'dtype', '')).replace('torch.', '')
                 first, times, out = measure(backend, video.to(backend_dtype(backend)),
@@ -323,7 +300,7 @@ def main(argv=None):
     if args.backends is None:
         backends = list(CUDA_BACKENDS if args.device == 'cuda' else CPU_BACKENDS)
     elif args.backends == 'all':
-        backends = list(dict.fromkeys(['torch', 'torch-folded', *BACKENDS, *CPU_BACKENDS,
+        backends = list(dict.fromkeys(['torch', 'torch-unfolded', *BACKENDS, *CPU_BACKENDS,
                                        *CUDA_BACKENDS]))
     else:
         backends = [b.strip() for b in args.backends.split(',') if b.strip()]

@@ -25,7 +25,7 @@ status=${PIPESTATUS[0]}
 if "$PY" -c 'import torch, sys; sys.exit(not torch.cuda.is_available())'; then
   timeout "${BENCH_SECONDS:-420}" "$PY" benchmarks/bench_backends.py --device cuda \
     --windows "${BENCH_WINDOWS:-9,25}" --repeats 3 \
-    --backends "${BENCH_BACKENDS:-torch,torch-folded,torch-compile,onnxruntime,tensorrt:bf16}" \
+    --backends "${BENCH_BACKENDS:-torch,torch-unfolded,torch-compile,onnxruntime,tensorrt:bf16}" \
     --out "$OUT/backends_cuda.md" 2>&1 | tee "$OUT/bench.log"
 else
   echo 'no CUDA GPU: benchmark skipped' | tee "$OUT/bench.log"

@@ -20,11 +20,12 @@ def e2e(fixtures):
     return load_file(str(fixtures / 'dvd_tiny_e2e_io.safetensors'))
 
 
-@pytest.fixture(scope='module')
-def regressor(fixtures, e2e):
+@pytest.fixture(scope='module', params=[True, False], ids=['folded', 'diffusers-call'])
+def regressor(fixtures, e2e, request):
+    """Return the torch backend both ways: folded DiT (default) and the reference's call."""
     models = checkpoint.load_models(fixtures / 'dvd_tiny_dit.safetensors')
     height, width = e2e['frames01'].shape[-2:]
-    return DepthRegressor(models, height=height, width=width)
+    return DepthRegressor(models, height=height, width=width, fold=request.param)
 
 
 def max_err(a, b):
@@ -56,7 +57,9 @@ def test_backend_stages_match_reference(regressor, e2e):
 
 
 def test_zero_context_allocated_once(regressor):
-    backend = regressor.backend
+    from dvd_ros.model.backends.torch_eager import TorchBackend
+
+    backend = TorchBackend(regressor.models, fold=False)  # the path that feeds a context
     context = backend.context
     backend.transform(torch.zeros(1, 16, 1, 2, 2))
     assert backend.context is context

@@ -15,7 +15,7 @@ directly, and any mismatch rebuilds with a log line naming what changed.
 Examples:
   dvd-ros engine build --weights weights/dvd-1.1-bf16 --backend tensorrt \\
       --window 25 --height 480 --width 640 --precision bf16
-  dvd-ros engine build --weights weights/dvd-1.1-bf16 --backend tensorrt \
+  dvd-ros engine build --weights weights/dvd-1.1-bf16 --backend tensorrt \\
       --window 25 --precision fp8 --calibration recording.mcap
   dvd-ros engine build --backend onnxruntime --window 9 --height 48 --width 80 --check
   dvd-ros engine list
