@@ -69,6 +69,10 @@ def typed_torch(module, dtype):
 
 
 def test_precision_table_and_unknown_name():
+    from dvd_ros.cli.engine import PRECISION_CHOICES  # kept literal: no torch import for --help
+    from dvd_ros.model.precision import PRECISIONS
+
+    assert PRECISION_CHOICES == tuple(PRECISIONS)
     assert find_precision('bf16').dtype == torch.bfloat16
     assert find_precision('bf16').opset >= 22  # Conv has no bfloat16 before opset 22
     assert find_precision('fp8').fp8_linears and find_precision('fp8').opset >= 19
