@@ -159,14 +159,26 @@ def test_tensorrt_is_not_imported_by_the_registry(models):
     assert 'tensorrt' not in sys.modules
 
 
+# Relative error (norm) per stage against float32 torch on the CPU. Lower precisions: from
+# what they measure on the CPU (onnxruntime fp16 / fp8, torch bf16: decode 2.3e-3 / 0.13 /
+# 0.031). fp32: convolutions and matmuls may run in TF32 on the GPU (the cuDNN and
+# TensorRT defaults, ~1e-3 per op), still far below what a wrong layout or stage gives.
+GPU_BOUNDS = {'fp32': 1e-2, 'fp16': 2e-2, 'bf16': 0.1, 'fp8': 0.25}
+
+
+def relative_error(got, want):
+    """``|got - want| / |want|`` (norms), ``got`` on any device."""
+    return ((got.float().cpu() - want).norm() / want.norm()).item()
+
+
 @needs_cuda
-@pytest.mark.parametrize('precision,tolerance', [('fp32', 1e-3), ('fp16', 5e-2),
-                                                 ('bf16', 1e-1), ('fp8', 2e-1)])
-def test_tensorrt_matches_torch_on_gpu(models, tmp_path, precision, tolerance):
-    if precision in ('bf16', 'fp8'):
-        need = {'bf16': (8, 0), 'fp8': (8, 9)}[precision]
-        if torch.cuda.get_device_capability() < need:
-            pytest.skip(f'{precision} needs compute capability >= {need}')
+@pytest.mark.parametrize('precision', sorted(GPU_BOUNDS))
+def test_tensorrt_matches_torch_on_gpu(models, tmp_path, precision):
+    from dvd_ros.model.precision import find_precision
+
+    need = find_precision(precision).min_capability
+    if torch.cuda.get_device_capability() < need:
+        pytest.skip(f'{precision} needs compute capability >= {need}')
     pytest.importorskip('tensorrt', reason='tensorrt is not installed')
     backend = create_backend('tensorrt', models, device='cuda', dtype=torch.float32,
                              precision=precision, cache_dir=tmp_path)
@@ -174,7 +186,10 @@ def test_tensorrt_matches_torch_on_gpu(models, tmp_path, precision, tolerance):
     got = run_backend(backend, clip.cuda())
     want = torch_reference(models, clip)
     for name, g, w in zip(('encode', 'transform', 'decode'), got, want):
-        assert (g.float().cpu() - w).abs().max().item() < tolerance, name
+        error = relative_error(g, w)
+        assert error < GPU_BOUNDS[precision], (name, error)
+    if precision != 'fp32':  # the engine really runs lower precision
+        assert (got[1].float().cpu() - want[1]).abs().max().item() > 1e-5
 
 
 @needs_cuda
@@ -187,12 +202,15 @@ def test_onnxruntime_cuda_matches_torch(models, tmp_path):
     clip = video()
     got = run_backend(backend, clip.cuda())
     for name, g, w in zip(('encode', 'transform', 'decode'), got, torch_reference(models, clip)):
-        assert (g.cpu() - w).abs().max().item() < 1e-3, name
+        assert relative_error(g, w) < GPU_BOUNDS['fp32'], name
 
 
 @needs_cuda
-def test_torch_compile_inductor_on_gpu(models):
+def test_torch_compile_inductor_on_gpu(models, monkeypatch):
     pytest.importorskip('triton', reason='triton is not installed')
+    # True float32 on the GPU, so the CPU's numbers apply (cuDNN convolutions default to TF32).
+    monkeypatch.setattr(torch.backends.cudnn, 'allow_tf32', False)
+    monkeypatch.setattr(torch.backends.cuda.matmul, 'allow_tf32', False)
     backend = create_backend('torch-compile', models, device='cuda')
     clip = video()
     got = run_backend(backend, clip)
