@@ -101,3 +101,12 @@ def test_calibration_needs_fp8(weights, tmp_path, capsys):
                    '--calibration', str(tmp_path), '--cache-dir', str(tmp_path)])
     assert status == 2
     assert '--precision fp8' in capsys.readouterr().err
+
+
+def test_bf16_on_the_cpu_provider_is_refused_before_loading(weights, tmp_path, capsys):
+    status = main(['engine', 'build', '--weights', weights, '--backend', 'onnxruntime',
+                   '--precision', 'bf16', '--cache-dir', str(tmp_path)])
+    captured = capsys.readouterr()
+    assert status == 2
+    assert 'no bfloat16 kernels' in captured.err
+    assert 'loading weights' not in captured.out

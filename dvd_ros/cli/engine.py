@@ -132,7 +132,15 @@ def _build(args):
     if args.check and (args.backend != 'onnxruntime' or device != 'cpu'):
         raise CliError('--check compares onnxruntime on the CPU with torch; use it with '
                        '--backend onnxruntime and no --device')
-    calibration = _calibration_frames(args)  # before the (slow) weights, so errors come first
+    if args.backend == 'onnxruntime' and args.precision:
+        from dvd_ros.model.backends.onnxrt import check_precision
+
+        try:  # before the (slow) weights, so the error comes first
+            check_precision(args.precision, args.provider or ('cpu' if device == 'cpu'
+                                                               else 'cuda'))
+        except DvdError as exc:
+            raise CliError(str(exc)) from None
+    calibration = _calibration_frames(args)  # before the weights too
     try:
         # Check the shape before loading weights (the 1.3B model takes a while to load).
         WindowShape(args.window, args.height or 16, args.width or args.height or 16)

@@ -38,6 +38,21 @@ def _import_onnxruntime():
     return onnxruntime
 
 
+def check_precision(precision, provider):
+    """Return ``precision`` if graphs of it run on ``provider``, else raise naming the fix.
+
+    :raises InputError: unknown precision.
+    :raises BackendUnavailable: bf16 on the CPU provider.
+    """
+    precision = find_precision(precision).name
+    if precision == 'bf16' and provider == 'cpu':
+        raise BackendUnavailable(
+            'backend onnxruntime: the CPU provider has no bfloat16 kernels (Conv, MatMul); '
+            'use precision fp32 or fp16 (dtype float32 / float16) on the CPU, or bf16 with '
+            'provider cuda or tensorrt')
+    return precision
+
+
 class OnnxRuntimeBackend(ExportedStages):
     """Run encode / DiT / decode as ONNX graphs with onnxruntime."""
 
@@ -85,12 +100,7 @@ class OnnxRuntimeBackend(ExportedStages):
         if provider != 'cpu' and self.device.type != 'cuda':
             raise InputError(f'provider {provider} runs on the GPU; pass device=cuda '
                              f'(got device={self.device})')
-        self.precision = find_precision(precision or DEFAULT_PRECISION[self.dtype]).name
-        if self.precision == 'bf16' and provider == 'cpu':
-            raise BackendUnavailable(
-                'backend onnxruntime: the CPU provider has no bfloat16 kernels (Conv, MatMul); '
-                'use precision fp32 or fp16 (dtype float32 / float16) on the CPU, or bf16 with '
-                'provider cuda or tensorrt')
+        self.precision = check_precision(precision or DEFAULT_PRECISION[self.dtype], provider)
         self.provider = provider
         self.threads = threads
         self.cache = EngineCache(cache_dir)
