@@ -17,7 +17,7 @@ import yaml
 REPO = Path(__file__).resolve().parents[1]
 LAUNCH = {'depth': REPO / 'launch' / 'depth.launch.py', 'demo': REPO / 'launch' / 'demo.launch.py'}
 DEPTH_ARGS = {'image', 'camera_info', 'namespace', 'params_file', 'weights', 'backend',
-              'device', 'dtype', 'use_rviz'}
+              'device', 'dtype', 'precision', 'use_rviz'}
 
 
 class Recorded:
@@ -131,7 +131,7 @@ def test_demo_launch(fake_launch):
     executables = {a.kwargs['executable'] for a in actions if isinstance(a, Node)}
     assert {'synthetic_camera', 'depth_node', 'rviz2'} == executables
     assert {'synthetic_camera', 'depth_node'} <= _executables()
-    assert {'params_file', 'weights', 'backend', 'device', 'dtype', 'use_rviz',
+    assert {'params_file', 'weights', 'backend', 'device', 'dtype', 'precision', 'use_rviz',
             'namespace'} <= set(declared)
     # Every parameter name a launch file sets is a real parameter of its node.
     from dvd_ros.ros.params import SPECS

@@ -5,7 +5,7 @@ Imported only by ``launch/*.launch.py``, so launch / launch_ros are imported onl
 
 # Launch arguments that override the parameter file only when given (non-empty), so a
 # params_file that sets weights or device is not silently overridden by a launch default.
-MODEL_ARGUMENTS = ('weights', 'backend', 'device', 'dtype')
+MODEL_ARGUMENTS = ('weights', 'backend', 'device', 'dtype', 'precision')
 
 MODEL_ARGUMENT_HELP = {
     'weights': 'DVD weights file or folder (empty: the params_file value, whose default is the '
@@ -14,6 +14,8 @@ MODEL_ARGUMENT_HELP = {
                'params_file value)',
     'device': 'torch device, e.g. cuda or cpu (empty: the params_file value)',
     'dtype': 'float32, bfloat16 or float16 (empty: the params_file value)',
+    'precision': 'onnxruntime / tensorrt graph precision: fp32, fp16, bf16 or fp8 (empty: the '
+                 'params_file value, whose default follows dtype)',
 }
 
 
