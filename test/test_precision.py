@@ -1,5 +1,7 @@
 """Typed graphs (fp16 / bf16) and FP8 DiT linears: what each precision's graph computes."""
 
+import copy
+
 import numpy as np
 import onnx
 import pytest
@@ -61,8 +63,6 @@ def weight_types(path):
 
 def typed_torch(module, dtype):
     """Return the stage as a typed graph computes it: parameters cast, buffers kept."""
-    import copy
-
     from dvd_ros.model.backends.torch_eager import place_module
 
     return TypedStage(place_module(copy.deepcopy(module), 'cpu', dtype), dtype).eval()
@@ -111,11 +111,8 @@ def test_fp8_linear_calibrates_then_quantises():
 
 
 def test_quantize_linears_covers_the_blocks_only(models):
-    dit = stage_module(models, 'dit')
     before = {id(m) for m in models.transformer.modules()}
-    import copy
-
-    dit = copy.deepcopy(dit)
+    dit = copy.deepcopy(stage_module(models, 'dit'))
     layers = quantize_linears(dit)
     # Per block: q, k, v, out of the self-attention and the two FFN linears.
     assert len(layers) == 6 * models.transformer.config.num_layers
@@ -184,15 +181,18 @@ def test_fp8_dit_graph_quantises_every_block_linear(models, tmp_path):
     linears = 6 * models.transformer.config.num_layers
     # One Q/DQ pair on the input and one on the weight of every quantised linear.
     assert ops.count('QuantizeLinear') == ops.count('DequantizeLinear') == 2 * linears
-    zero_points = [a.t.data_type for n in graph.node if n.op_type == 'Constant'
-                   for a in n.attribute if a.t.data_type == ELEM.FLOAT8E4M3FN]
-    assert len(zero_points) >= 2 * linears - linears  # inputs share, weights have their own
+    # Every pair quantises to float8 E4M3 (the zero point's type sets the target type).
+    types = {init.name: init.data_type for init in graph.initializer}
+    types.update({n.output[0]: n.attribute[0].t.data_type for n in graph.node
+                  if n.op_type == 'Constant'})
+    targets = {types.get(n.input[2]) for n in graph.node
+               if n.op_type in ('QuantizeLinear', 'DequantizeLinear')}
+    assert targets == {ELEM.FLOAT8E4M3FN}
     onnx.checker.check_model(onnx.load(str(path)), full_check=True)
 
 
 def fp8_graph_and_torch(models, tmp_path, base=None, monkeypatch=None):
     """Export the fp8 DiT graph and run it, the torch fake-quant twin and float32 torch."""
-    import copy
     import dataclasses
 
     import dvd_ros.model.precision as precision_module
