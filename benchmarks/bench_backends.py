@@ -40,6 +40,8 @@ import torch
 
 sys.path.insert(0, os.fspath(Path(__file__).resolve().parents[1]))
 
+from report import command_line, write_report  # noqa: E402
+
 from dvd_ros.errors import BackendUnavailable  # noqa: E402
 from dvd_ros.model import presets  # noqa: E402
 from dvd_ros.model.backends import BACKENDS, create_backend  # noqa: E402
@@ -314,18 +316,14 @@ def main(argv=None):
     start = time.perf_counter()
     for case in cases:
         run_case(case, backends, args, rows)
-    out = args.out or Path(__file__).resolve().parent / 'results' / f'backends_{args.device}.md'
-    out.parent.mkdir(parents=True, exist_ok=True)
     text = (f'# DVD backends, per window ({args.device})\n\n{environment(args)}; '
             f'median of {args.repeats} calls after a first call; '
             f'total run {time.perf_counter() - start:.0f} s.\n'
             f"torch-compile's first call depends on inductor's on-disk cache "
             f'(TORCHINDUCTOR_CACHE_DIR, default /tmp/torchinductor_$USER): warm after an '
             f'earlier run, cold it is the full compile.\n'
-            f'Command: `python benchmarks/bench_backends.py '
-            f'{" ".join(argv if argv is not None else sys.argv[1:])}`\n\n{table(rows)}')
-    out.write_text(text)
-    print(f'\n{text}\nwrote {out}')
+            f'Command: `{command_line("bench_backends.py", argv)}`\n\n{table(rows)}')
+    out = write_report(text, args.out, f'backends_{args.device}')
     png = plot(rows, out.with_suffix('.png'))
     print(f'wrote {png}' if png else 'matplotlib not installed: no plot')
     return 0

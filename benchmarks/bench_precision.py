@@ -26,6 +26,8 @@ import torch
 
 sys.path.insert(0, os.fspath(Path(__file__).resolve().parents[1]))
 
+from report import command_line, write_report  # noqa: E402
+
 from dvd_ros.errors import BackendUnavailable  # noqa: E402
 from dvd_ros.model.regressor import DepthRegressor  # noqa: E402
 from dvd_ros.train.evaluate import evaluate, held_out_clips  # noqa: E402
@@ -111,17 +113,13 @@ def main(argv=None):
         lines.append(f'| {r["arm"]} | {r["abs_rel"]:.4f} | {r["delta1"]:.4f} | '
                      f'{r["boundary_f1"]:.4f} | {r["flicker"]:.4f} | {r["vs_fp32"]:.2e} | '
                      f'{r["ms"]:.1f} |')
-    command = ' '.join(argv if argv is not None else sys.argv[1:])
     text = (f'# DVD precisions ({args.device}): embedded tiny model, {args.clips} held-out '
             f'{args.frames}-frame clips at {height}x{width} (seeds {args.start}+)\n\n'
             f'torch {torch.__version__}, {args.threads} thread(s); total '
             f'{time.perf_counter() - begin:.0f} s. Disparity in [0, 1].\n'
-            f'Command: `python benchmarks/bench_precision.py {command}`\n\n'
+            f'Command: `{command_line("bench_precision.py", argv)}`\n\n'
             + '\n'.join(lines) + '\n')
-    out = args.out or Path(__file__).resolve().parent / 'results' / f'precision_{args.device}.md'
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(text)
-    print(f'\n{text}\nwrote {out}')
+    write_report(text, args.out, f'precision_{args.device}')
     return 0
 
 

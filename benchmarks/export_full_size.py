@@ -25,6 +25,8 @@ import torch
 
 sys.path.insert(0, os.fspath(Path(__file__).resolve().parents[1]))
 
+from report import command_line, write_report  # noqa: E402
+
 from dvd_ros.model import presets  # noqa: E402
 from dvd_ros.model.checkpoint import DVDModels  # noqa: E402
 from dvd_ros.model.engine_cache import EngineCache  # noqa: E402
@@ -123,15 +125,11 @@ def main(argv=None):
         lines.append(f'| {r["stage"]} | {r["precision"]} | {r["export_s"]:.1f} | {r["files"]} | '
                      f'{r["gib"]:.2f} | {r["qdq"]} | {r["load_s"]:.1f} | {r["error"]:.2e} | '
                      f'{r["peak"]:.1f} |')
-    command = ' '.join(argv if argv is not None else sys.argv[1:])
     text = (f'# Full-size DVD stages exported on the CPU (random weights), window '
             f'{shape.tag}\n\ntorch {torch.__version__}, {args.threads} threads; total '
-            f'{time.perf_counter() - begin:.0f} s.\nCommand: `python '
-            f'benchmarks/export_full_size.py {command}`\n\n' + '\n'.join(lines) + '\n')
-    out = args.out or Path(__file__).resolve().parent / 'results' / 'export_full_size.md'
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(text)
-    print(f'\n{text}\nwrote {out}')
+            f'{time.perf_counter() - begin:.0f} s.\nCommand: '
+            f'`{command_line("export_full_size.py", argv)}`\n\n' + '\n'.join(lines) + '\n')
+    write_report(text, args.out, 'export_full_size')
     return 0
 
 
