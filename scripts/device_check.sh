@@ -1,9 +1,11 @@
 #!/usr/bin/env bash
 # The GPU checks of the acceleration work, as one prepared run for a device machine:
 #   here:      bash scripts/device_wheels.sh
-#   on the GPU: bash scripts/device_check.sh      (carry .whl; results under $OUT)
+#   on the GPU: bash scripts/device_check.sh      (carry .whl; results under $OUT; ~7 min,
+#               inside one run call of at most 600 s)
 # GPU tests (tensorrt ones skip where tensorrt is not installed), then the 1.3B benchmark
-# (random weights, 480x640) for the windows in BENCH_WINDOWS. PYTHON overrides python3.
+# (random weights, 480x640) for the windows in BENCH_WINDOWS, then the accuracy per
+# precision on the embedded model. PYTHON overrides python3.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT=${OUT:-out/device}
@@ -23,10 +25,12 @@ torch.cuda.is_available(), 'diffusers', diffusers.__version__)" 2>&1 | tee "$OUT
   test/test_folding.py 2>&1 | tee "$OUT/pytest.log"
 status=${PIPESTATUS[0]}
 if "$PY" -c 'import torch, sys; sys.exit(not torch.cuda.is_available())'; then
-  timeout "${BENCH_SECONDS:-420}" "$PY" benchmarks/bench_backends.py --device cuda \
+  timeout "${BENCH_SECONDS:-300}" "$PY" benchmarks/bench_backends.py --device cuda \
     --windows "${BENCH_WINDOWS:-9,25}" --repeats 3 \
     --backends "${BENCH_BACKENDS:-torch,torch-unfolded,torch-compile,onnxruntime,tensorrt:bf16}" \
     --out "$OUT/backends_cuda.md" 2>&1 | tee "$OUT/bench.log"
+  timeout 90 "$PY" benchmarks/bench_precision.py --device cuda \
+    --out "$OUT/precision_cuda.md" 2>&1 | tee "$OUT/precision.log"
 else
   echo 'no CUDA GPU: benchmark skipped' | tee "$OUT/bench.log"
 fi
