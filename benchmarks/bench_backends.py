@@ -157,8 +157,11 @@ def float32_reference(case, video, device):
     return backend.decode(backend.transform(backend.encode(video))).float()
 
 
-def run_case(case, backends, args, rows):
-    """Measure every backend on ``case``; append one row per backend to ``rows``."""
+def run_case(case, backends, args, rows, after_row=None):
+    """Measure every backend on ``case``; append one row per backend to ``rows``.
+
+    :param after_row: called after each appended row (e.g. to save what is measured so far).
+    """
     print(f'== {case.config}: window {case.window}, {case.height}x{case.width}', flush=True)
     generator = torch.Generator().manual_seed(1)
     video = (torch.rand(1, 3, case.window, case.height, case.width, generator=generator)
@@ -190,6 +193,8 @@ def run_case(case, backends, args, rows):
             row['note'] = f'failed: {type(exc).__name__}: {str(exc).splitlines()[0][:160]}'
             print(f'   {entry:18s} {row["note"]}', flush=True)
         rows.append(row)
+        if after_row is not None:
+            after_row()
         del models
         gc.collect()
         if args.device == 'cuda':
@@ -314,16 +319,23 @@ def main(argv=None):
         cases = [c for c in CPU_CASES if c.config in wanted]
     rows = []
     start = time.perf_counter()
+
+    def report(final):
+        state = '' if final else ' (incomplete: rewritten after every backend)'
+        text = (f'# DVD backends, per window ({args.device})\n\n{environment(args)}; '
+                f'median of {args.repeats} calls after a first call; '
+                f'total run {time.perf_counter() - start:.0f} s{state}.\n'
+                f"torch-compile's first call depends on inductor's on-disk cache "
+                f'(TORCHINDUCTOR_CACHE_DIR, default /tmp/torchinductor_$USER): warm after an '
+                f'earlier run, cold it is the full compile.\n'
+                f'Command: `{command_line("bench_backends.py", argv)}`\n\n{table(rows)}')
+        return write_report(text, args.out, f'backends_{args.device}', quiet=not final)
+
     for case in cases:
-        run_case(case, backends, args, rows)
-    text = (f'# DVD backends, per window ({args.device})\n\n{environment(args)}; '
-            f'median of {args.repeats} calls after a first call; '
-            f'total run {time.perf_counter() - start:.0f} s.\n'
-            f"torch-compile's first call depends on inductor's on-disk cache "
-            f'(TORCHINDUCTOR_CACHE_DIR, default /tmp/torchinductor_$USER): warm after an '
-            f'earlier run, cold it is the full compile.\n'
-            f'Command: `{command_line("bench_backends.py", argv)}`\n\n{table(rows)}')
-    out = write_report(text, args.out, f'backends_{args.device}')
+        # The file is rewritten after every backend, so a run cut short by a time limit
+        # (a lent GPU machine) still leaves what it measured.
+        run_case(case, backends, args, rows, after_row=lambda: report(False))
+    out = report(True)
     png = plot(rows, out.with_suffix('.png'))
     print(f'wrote {png}' if png else 'matplotlib not installed: no plot')
     return 0

@@ -12,10 +12,14 @@ def command_line(script, argv=None):
     return ' '.join(['python', f'benchmarks/{script}', *args])
 
 
-def write_report(text, out=None, name=None):
-    """Write ``text`` to ``out`` (default ``results/<name>.md``), print it; return the path."""
+def write_report(text, out=None, name=None, quiet=False):
+    """Write ``text`` to ``out`` (default ``results/<name>.md``), print it; return the path.
+
+    :param quiet: write only (an intermediate save of a run that goes on).
+    """
     path = Path(out) if out is not None else RESULTS / f'{name}.md'
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(text)
-    print(f'\n{text}\nwrote {path}')
+    if not quiet:
+        print(f'\n{text}\nwrote {path}')
     return path

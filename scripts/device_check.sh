@@ -27,7 +27,7 @@ status=${PIPESTATUS[0]}
 if "$PY" -c 'import torch, sys; sys.exit(not torch.cuda.is_available())'; then
   timeout "${BENCH_SECONDS:-300}" "$PY" benchmarks/bench_backends.py --device cuda \
     --windows "${BENCH_WINDOWS:-9,25}" --repeats 3 \
-    --backends "${BENCH_BACKENDS:-torch,torch-unfolded,torch-compile,onnxruntime,tensorrt:bf16}" \
+    --backends "${BENCH_BACKENDS:-torch,torch-unfolded,onnxruntime,tensorrt:bf16,torch-compile}" \
     --out "$OUT/backends_cuda.md" 2>&1 | tee "$OUT/bench.log"
   timeout 90 "$PY" benchmarks/bench_precision.py --device cuda \
     --out "$OUT/precision_cuda.md" 2>&1 | tee "$OUT/precision.log"
