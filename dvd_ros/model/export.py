@@ -43,15 +43,13 @@ from dvd_ros.model.precision import (
 STAGES = ('encoder', 'dit', 'decoder')
 INPUT_NAMES = {'encoder': 'video', 'dit': 'latents', 'decoder': 'latents'}
 OUTPUT_NAMES = {'encoder': 'latents', 'dit': 'depth_latents', 'decoder': 'video'}
-# Opset 17 has LayerNormalization and is read by onnxruntime >= 1.14 and TensorRT >= 8.6;
-# bf16 and fp8 graphs need newer opsets (``Precision.opset``).
-DEFAULT_OPSET = 17
+# The opset of each precision's graph is ``Precision.opset`` (17 for fp32 / fp16).
 ONNX_FILE = 'model.onnx'
 # Bump when the exported graph changes for the same weights (folding or export code).
 GRAPH_REVISION = 1
 
 
-def export_runtime(opset=DEFAULT_OPSET):
+def export_runtime(opset):
     """Return the cache key's runtime field of graphs exported at ``opset`` by this code."""
     return f'torch {torch.__version__.split("+")[0]} opset {opset} graph {GRAPH_REVISION}'
 
@@ -166,7 +164,7 @@ def export_stage(module, stage, shape, out_dir, opset=None, device=None, precisi
     if param.dtype != torch.float32 or param.device != device or spec.name != 'fp32':
         # Trace a float32 copy (quantised and cast below): the caller's module stays as it is.
         module = copy.deepcopy(module).to(device=device, dtype=torch.float32)
-    if spec.fp8_linears and stage == 'dit':
+    if _calibrated(stage, precision):
         if calibration is None:
             raise InputError('an fp8 DiT graph needs calibration latents; pass calibration=')
         calibrate_fp8(module, quantize_linears(module), [calibration])
@@ -282,7 +280,7 @@ class ExportedStages:
     def onnx_key(self, stage, shape):
         """Return the cache key of the graph this backend runs for ``stage`` at ``shape``."""
         return onnx_key(stage, shape, self.stage_weights_id(stage), self.precision,
-                        calibration_id(self.calibration))
+                        self.calibration)
 
     def onnx_path(self, stage, shape):
         """Return the cached graph of ``stage`` at ``shape``, exporting it on a miss."""
@@ -316,15 +314,16 @@ def _calibrated(stage, precision):
     return stage == 'dit' and find_precision(precision).fp8_linears
 
 
-def onnx_key(stage, shape, weights_id, precision='fp32', calibration=''):
+def onnx_key(stage, shape, weights_id, precision='fp32', calibration=None):
     """Return the cache key of ``stage``'s ONNX graph at ``shape`` in ``precision``.
 
-    :param calibration: ``calibration_id`` of the FP8 calibration frames (fp8 DiT only).
+    :param calibration: the FP8 calibration frames or ``None`` (hashed for the fp8 DiT only).
     """
+    digest = calibration_id(calibration) if _calibrated(stage, precision) else ''
     return EngineKey(backend='onnx', stage=stage,
                      shape=(shape.window, shape.height, shape.width), precision=precision,
                      weights=weights_id, runtime=export_runtime(find_precision(precision).opset),
-                     calibration=calibration if _calibrated(stage, precision) else '')
+                     calibration=digest)
 
 
 def cached_onnx(models, stage, shape, cache, weights_id=None, progress=None, device=None,
@@ -345,7 +344,7 @@ def cached_onnx(models, stage, shape, cache, weights_id=None, progress=None, dev
     """
     if weights_id is None:
         weights_id = stage_fingerprint(models, stage)
-    key = onnx_key(stage, shape, weights_id, precision, calibration_id(calibration))
+    key = onnx_key(stage, shape, weights_id, precision, calibration)
 
     def build(folder):
         if progress:
