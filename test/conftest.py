@@ -10,11 +10,13 @@ import pytest
 os.environ.setdefault('ROS_AUTOMATIC_DISCOVERY_RANGE', 'LOCALHOST')
 
 REPO = Path(__file__).resolve().parents[1]
-DEFAULT_FIXTURES = REPO.parent / 'shared' / 'reference' / 'fixtures'
+# The golden set ships in the repository (test/fixtures/README.md); DVD_FIXTURES_DIR points the
+# fixture tests at another set of the same format.
+DEFAULT_FIXTURES = REPO / 'test' / 'fixtures'
 
 
 def fixtures_dir():
-    """Return the golden fixture directory (``DVD_FIXTURES_DIR`` or ``../shared/...``)."""
+    """Return the golden fixture directory (``DVD_FIXTURES_DIR`` or ``test/fixtures``)."""
     return Path(os.environ.get('DVD_FIXTURES_DIR', DEFAULT_FIXTURES))
 
 
@@ -23,8 +25,8 @@ def fixtures():
     """Directory of the authors' golden tensors; skips the test when it is absent."""
     path = fixtures_dir()
     if not (path / 'dvd_tiny_dit_config.json').is_file():
-        pytest.skip(f'golden fixtures not found at {path} (clone next to ../shared or set '
-                    'DVD_FIXTURES_DIR)')
+        pytest.skip(f'golden fixtures not found at {path} (restore test/fixtures from git or '
+                    'set DVD_FIXTURES_DIR to a fixture set)')
     return path
 
 
