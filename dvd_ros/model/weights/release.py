@@ -1,0 +1,109 @@
+"""Loading an official release file: LoRA merge, renaming, and its (or a separate) VAE."""
+
+from dvd_ros.errors import WeightsError
+from dvd_ros.model import presets
+from dvd_ros.model.weights.build import build_transformer, build_vae
+from dvd_ros.model.weights.configs import infer_dit_config, infer_vae_config
+from dvd_ros.model.weights.files import TensorFile, layout_of_keys
+from dvd_ros.model.weights.lora import merge_lora
+from dvd_ros.model.weights.models import DVDModels
+from dvd_ros.model.weights.names import (
+    DIT_MARKER,
+    FORMAT_VERSION,
+    META_PREFIX,
+    VAE_MARKER,
+    diffusers_vae_res_blocks,
+    dit_name_to_diffusers,
+    first_names,
+    strip_before,
+    vae_name_to_diffusers,
+    vae_name_to_original,
+)
+
+
+def _vae_state_from_file(tensor_file, dtype):
+    """Return ``(config, diffusers state)`` for a VAE file or a release file's VAE copy."""
+    keys = list(tensor_file.keys())
+    layout = layout_of_keys(keys, tensor_file.path)
+    if layout == 'vae-diffusers':
+        # Recover the original names only to infer the config with one code path.
+        num_res_blocks = diffusers_vae_res_blocks(keys)
+        shapes = {vae_name_to_original(k, num_res_blocks): s
+                  for k, s in tensor_file.shapes.items()}
+        if None in shapes:
+            raise WeightsError(f'unknown VAE names in {tensor_file.path}')
+        config = infer_vae_config(shapes)
+        return config, {k: tensor_file.get(k).to(dtype) for k in keys}
+    names = strip_before(keys, VAE_MARKER) if any(VAE_MARKER in k for k in keys) else {
+        k: k for k in keys}
+    shapes = {n: tensor_file.shapes[k] for n, k in names.items()}
+    config = infer_vae_config(shapes)
+    state, unknown = {}, []
+    for name, key in names.items():
+        target = vae_name_to_diffusers(name, config['num_res_blocks'])
+        if target is None:
+            unknown.append(name)
+        else:
+            state[target] = tensor_file.get(key).to(dtype)
+    if unknown:
+        raise WeightsError(
+            f'unexpected VAE keys in {tensor_file.path}: {first_names(unknown)}')
+    return config, state
+
+
+def load_release(path, vae_path, lora_alpha, dtype, num_heads, merge, device):
+    """Load an official release file as ``DVDModels`` (see ``load_models``)."""
+    tensor_file = TensorFile(path)
+    keys = list(tensor_file.keys())
+    layout = layout_of_keys(keys, path)
+    if layout != 'release':
+        raise WeightsError(
+            f'{path} holds only a VAE ({layout}); pass the DVD checkpoint as the path and '
+            'this file as vae_path / --vae')
+    # Settle where the VAE comes from before the (slow, for 1.3B) LoRA merge.
+    if vae_path is not None:
+        vae_file, vae_source = TensorFile(vae_path), str(vae_path)
+    elif any(VAE_MARKER in k for k in keys):
+        vae_file, vae_source = tensor_file, f'{path} (embedded pipe.vae.model.*)'
+    else:
+        raise WeightsError(
+            f'{path} carries no VAE copy (no {VAE_MARKER!r} keys); pass the Wan2.1 VAE with '
+            'vae_path= / --vae Wan2.1_VAE.pth (from Wan-AI/Wan2.1-T2V-1.3B)')
+    dit_names = strip_before(keys, DIT_MARKER)
+    state, info = merge_lora((list(dit_names), lambda n: tensor_file.get(dit_names[n])),
+                             lora_alpha=lora_alpha, dtype=dtype, merge=merge,
+                             device=device if device.type == 'cuda' else None)
+    meta_heads = tensor_file.metadata.get(META_PREFIX + 'num_attention_heads')
+    if num_heads is None and meta_heads is not None:
+        num_heads = int(meta_heads)
+    config = infer_dit_config({k: tuple(v.shape) for k, v in state.items()}, num_heads)
+    renamed, unknown = {}, []
+    for name, tensor in state.items():
+        target = dit_name_to_diffusers(name)
+        if target is None:
+            unknown.append(name)
+        else:
+            renamed[target] = tensor
+    if unknown:
+        raise WeightsError(f'unexpected DiT keys in {path}: {first_names(unknown)}')
+    del state
+    transformer = build_transformer(config, renamed, path)
+    del renamed
+
+    vae = build_vae(*_vae_state_from_file(vae_file, dtype), vae_file.path)
+
+    file_meta = {k[len(META_PREFIX):]: v for k, v in tensor_file.metadata.items()
+                 if k.startswith(META_PREFIX)}
+    meta = {
+        'format_version': FORMAT_VERSION,
+        'source': str(path),
+        'source_layout': 'release',
+        'vae_source': vae_source,
+        'lora_rank': info['rank'],
+        'lora_alpha': info['alpha'],
+        'lora_pairs': info['lora_pairs'],
+        'lora_merged': info['merged'],
+        'height': int(file_meta.get('height', 480)),
+        'width': int(file_meta.get('width', 640)),
+    }
+    return DVDModels(transformer, vae, presets.LATENTS_MEAN, presets.LATENTS_STD, meta)
