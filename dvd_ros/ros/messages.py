@@ -61,32 +61,50 @@ def image_to_array(msg, allowed=None):
     if encoding not in allowed:
         raise ImageError('encoding', f'unsupported image encoding {encoding!r}; publish one of '
                          f'{", ".join(allowed)} (e.g. through image_proc / a format converter)')
+    channels, dtype = ENCODINGS[encoding]
+    arr = pixel_rows(msg, channels, dtype)
+    return arr[:, :, 0] if channels == 1 else arr
+
+
+def pixel_rows(msg, channels, dtype, rows=None):
+    """Return the pixels of ``msg`` as ``(rows, W, channels)`` of ``dtype``, read-only view.
+
+    The layout is given, not read from ``msg.encoding``, so planar and packed formats (NV12's
+    ``height * 3 / 2`` rows, YUV 4:2:2's two bytes per pixel) share the size checks.
+
+    :param msg: sensor_msgs/Image (``height``, ``width``, ``step``, ``is_bigendian``, ``data``).
+    :param channels: values per pixel.
+    :param dtype: numpy dtype of one value.
+    :param rows: rows of ``step`` bytes in ``data``; default ``msg.height``.
+    :return: numpy array in native byte order.
+    :raises ImageError: zero size, step or data length inconsistent.
+    """
+    encoding = msg.encoding
     height, width, step = int(msg.height), int(msg.width), int(msg.step)
     if height == 0 or width == 0:
         raise ImageError('zero_size', f'zero-size image ({width}x{height}, {encoding}); '
                          'check the camera driver')
-    channels, dtype = ENCODINGS[encoding]
+    rows = height if rows is None else int(rows)
     dtype = np.dtype(dtype)
     row_bytes = width * channels * dtype.itemsize
     if step < row_bytes:
         raise ImageError('step', f'image step {step} is smaller than one row of {width} '
                          f'{encoding} pixels ({row_bytes} bytes); the message header is wrong')
     size = len(msg.data)
-    if size < step * height:
-        raise ImageError('truncated', f'truncated image data: {size} bytes, expected step*height '
-                         f'= {step}*{height} = {step * height} for {width}x{height} {encoding}')
-    if size != step * height:
-        raise ImageError('step', f'image data length {size} does not match step*height = '
-                         f'{step}*{height} = {step * height}; the message header is wrong')
+    if size < step * rows:
+        raise ImageError('truncated', f'truncated image data: {size} bytes, expected step*rows '
+                         f'= {step}*{rows} = {step * rows} for {width}x{height} {encoding}')
+    if size != step * rows:
+        raise ImageError('step', f'image data length {size} does not match step*rows = '
+                         f'{step}*{rows} = {step * rows}; the message header is wrong')
     if dtype.itemsize > 1 and bool(msg.is_bigendian) != _HOST_BIGENDIAN:
         dtype = dtype.newbyteorder()
     buf = np.frombuffer(msg.data, dtype=np.uint8)
-    shape = (height, width, channels)
-    arr = np.ndarray(shape, dtype=dtype, buffer=buf,
+    arr = np.ndarray((rows, width, channels), dtype=dtype, buffer=buf,
                      strides=(step, channels * dtype.itemsize, dtype.itemsize))
     if not arr.dtype.isnative:
         arr = arr.astype(arr.dtype.newbyteorder('='))
-    return arr[:, :, 0] if channels == 1 else arr
+    return arr
 
 
 def image_to_rgb(msg):
