@@ -25,8 +25,9 @@ def add_parser(subparsers):
     parser.add_argument('--namespace', '-n', action='append', metavar='NS', default=None,
                         help='camera namespace; repeat for several cameras (default: none). '
                              'The node in NS subscribes NS/image and NS/camera_info')
-    parser.add_argument('--set', '-p', action='append', metavar='NAME=VALUE', default=[],
-                        help='set a depth node parameter (YAML value), e.g. -p metric_mode=fixed')
+    parser.add_argument('--set', '-p', action='append', metavar='NAME:=VALUE', default=[],
+                        help='set a depth node parameter, e.g. -p metric_mode:=fixed (ROS '
+                             'syntax) or -p metric_mode=fixed; an unknown name is an error')
     parser.add_argument('--with-synthetic-camera', action='store_true',
                         help='also start a synthetic camera in each namespace')
     parser.add_argument('--camera-source', default='synthetic', metavar='SOURCE',
@@ -45,19 +46,18 @@ def add_parser(subparsers):
 
 
 def parse_sets(items):
-    """Turn ``['name=value', ...]`` into ``{name: value}`` with YAML-typed values."""
-    import yaml
+    """Turn ``['name:=value', 'name=value', ...]`` into ``{name: typed value}``.
 
-    out = {}
-    for item in items:
-        name, sep, text = item.partition('=')
-        if not sep or not name:
-            raise CliError(f'--set expects NAME=VALUE, got {item!r} (e.g. -p metric_mode=fixed)')
-        try:
-            out[name.strip()] = yaml.safe_load(text) if text else ''
-        except yaml.YAMLError as exc:
-            raise CliError(f'--set {name}: cannot parse {text!r} as a value: {exc}') from None
-    return out
+    :raises CliError: bad syntax, an unknown parameter name (close matches listed) or a value
+        that does not fit the parameter.
+    """
+    from dvd_ros.errors import InputError
+    from dvd_ros.ros.param_args import parse_assignments
+
+    try:
+        return parse_assignments(items)
+    except InputError as exc:
+        raise CliError(str(exc)) from None
 
 
 def build_nodes(args, context):
