@@ -41,6 +41,10 @@ def add_parser(subparsers):
                         help='stop after this many seconds (default: run until Ctrl-C)')
     parser.add_argument('--threads', type=int, default=None,
                         help="executor threads (default: rclpy's choice)")
+    parser.add_argument('--domain-id', default=None, metavar='ID|auto',
+                        help='ROS domain of the nodes (default: ROS_DOMAIN_ID, else 0, so '
+                             'the rest of the robot sees them); auto = a private domain no '
+                             'other process on this host uses (a self-contained run)')
     parser.set_defaults(func=run)
     return parser
 
@@ -58,6 +62,28 @@ def parse_sets(items):
         return parse_assignments(items)
     except InputError as exc:
         raise CliError(str(exc)) from None
+
+
+def resolve_domain(text):
+    """Return the ROS domain ``--domain-id`` asks for, or None for the environment's.
+
+    :param text: None (``ROS_DOMAIN_ID``, else ROS's default 0), ``'auto'`` (a private domain,
+        :func:`~dvd_ros.ros.domain.pick_domain`) or a number in 0..232.
+    :raises CliError: anything else.
+    """
+    if text is None:
+        return None
+    if text == 'auto':
+        from dvd_ros.ros.domain import pick_domain
+        return pick_domain()
+    try:
+        domain = int(text)
+    except ValueError:
+        domain = -1
+    if not 0 <= domain <= 232:
+        raise CliError(f'--domain-id {text!r}: use auto or a ROS domain in 0..232 (0..101 are '
+                       'safe on Linux)')
+    return domain
 
 
 def build_nodes(args, context):
@@ -96,6 +122,7 @@ def build_nodes(args, context):
 def run(args):
     """Run the nodes until Ctrl-C / SIGTERM or ``--duration``; return the exit status."""
     from pathlib import Path
+    import sys
 
     import rclpy
     from rclpy.executors import MultiThreadedExecutor
@@ -110,9 +137,13 @@ def run(args):
             raise CliError(f'parameter file {args.params_file!r} not found; pass a YAML file '
                            'such as config/depth.yaml')
         ros_args += ['--ros-args', '--params-file', args.params_file]
+    domain = resolve_domain(args.domain_id)
+    if domain is not None:
+        print(f'dvd-ros run: ROS domain {domain}', file=sys.stderr, flush=True)
     request = ShutdownRequest().install()
     context = rclpy.context.Context()
-    rclpy.init(args=ros_args, context=context, signal_handler_options=SignalHandlerOptions.NO)
+    rclpy.init(args=ros_args, context=context, signal_handler_options=SignalHandlerOptions.NO,
+               domain_id=domain)
     executor = MultiThreadedExecutor(num_threads=args.threads, context=context)
     nodes = []
     clean = True
