@@ -29,7 +29,7 @@ def test_parse_sets_types_values():
         'model_height': 64, 'metric_b': 1.0, 'weights': '1.1', 'use_sim_time': True}
     with pytest.raises(cli.CliError, match='NAME:=VALUE or NAME=VALUE'):
         parse_sets(['window'])
-    with pytest.raises(cli.CliError, match='parameter window must be a integer'):
+    with pytest.raises(cli.CliError, match='parameter window must be an integer'):
         parse_sets(['window:=abc'])
 
 

@@ -29,13 +29,16 @@ def split_assignment(text):
     return name, value
 
 
-def close_matches(name, known, n=3):
-    """Return up to ``n`` names of ``known`` that look like ``name`` (typos, missing parts)."""
+def close_matches(name, known, n=3, cutoff=0.6, parts=True):
+    """Return up to ``n`` names of ``known`` that look like ``name`` (typos, missing parts).
+
+    :param cutoff: least difflib similarity ratio of a typo.
+    :param parts: also names that contain ``name`` (``height`` -> ``model_height``).
+    """
     known = sorted(known)
-    # A part of a long name (``height`` for ``model_height``) first: it is no close match by
-    # similarity ratio.
-    matches = [k for k in known if len(name) >= 3 and name in k]
-    matches += [k for k in difflib.get_close_matches(name, known, n=n, cutoff=0.6)
+    # A part of a long name first: it is no close match by similarity ratio.
+    matches = [k for k in known if parts and len(name) >= 3 and name in k]
+    matches += [k for k in difflib.get_close_matches(name, known, n=n, cutoff=cutoff)
                 if k not in matches]
     return matches[:n]
 
@@ -65,13 +68,13 @@ def typed_value(name, text):
         value = yaml.safe_load(text) if text.strip() else ''
     except yaml.YAMLError:
         value = text
-    if isinstance(default, str):
-        return text if not isinstance(value, str) else value
+    if isinstance(default, str) and not isinstance(value, str):
+        value = text
     if isinstance(default, float) and isinstance(value, int) and not isinstance(value, bool):
         value = float(value)
     if type(value) is not type(default):
-        kind = {bool: 'bool (true/false)', int: 'integer', float: 'number'}[type(default)]
-        raise InputError(f'parameter {name} must be a {kind}, got {text!r}')
+        kind = {bool: 'a bool (true/false)', int: 'an integer', float: 'a number'}[type(default)]
+        raise InputError(f'parameter {name} must be {kind}, got {text!r}')
     reason = spec.check(value) if spec is not None else None
     if reason:
         raise InputError(f'parameter {reason}')
