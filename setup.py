@@ -7,8 +7,9 @@ from setuptools import find_packages, setup
 
 package_name = 'dvd_ros'
 
-# Executables `ros2 run dvd_ros <name>` can start; `console_scripts` below are the same
-# entry points for pip installs (which put them in bin/ instead of lib/dvd_ros/).
+# Executables `ros2 run dvd_ros <name>` can start, installed once: as the small launchers of
+# scripts/ros2_run in lib/dvd_ros/ (where `ros2 run` looks, for pip and colcon alike). Only the
+# `dvd-ros` command is a console script (bin/, on PATH).
 NODES = {
     'depth_node': 'dvd_ros.ros.depth_node:main',
     'synthetic_camera': 'dvd_ros.ros.synthetic_camera:main',
@@ -30,8 +31,7 @@ setup(
         ('share/' + package_name + '/launch', _files('launch/*.launch.py')),
         ('share/' + package_name + '/config', _files('config/*')),
         ('share/' + package_name + '/rviz', _files('rviz/*')),
-        # pip ignores setup.cfg's install_scripts, so ship tiny launchers for `ros2 run`.
-        ('lib/' + package_name, _files('scripts/ros2_run/*')),
+        ('lib/' + package_name, [f'scripts/ros2_run/{name}' for name in NODES]),
     ],
     install_requires=[
         'setuptools',
@@ -42,6 +42,7 @@ setup(
         'safetensors>=0.4',
         'opencv-python-headless>=4.9',
         'rosbags>=0.10',
+        'pyyaml>=5.4',
         'tqdm>=4.60',
     ],
     extras_require={
@@ -50,10 +51,8 @@ setup(
             'ros-rclpy[fastrtps]==9.1.2',
             'ros-sensor-msgs==5.5.1',
             'ros-std-msgs==5.5.1',
-            'ros-geometry-msgs==5.5.1',
             'ros-rcl-interfaces==2.3.0',
             'ros-diagnostic-msgs==5.5.1',
-            'ros-visualization-msgs==5.5.1',
         ],
         'onnx': ['onnx>=1.16', 'onnxruntime>=1.18'],
         'test': ['pytest>=8', 'hypothesis>=6.100', 'ruff>=0.6', 'onnx>=1.16',
@@ -66,7 +65,6 @@ setup(
     license='Apache-2.0',
     python_requires='>=3.10',
     entry_points={
-        'console_scripts': ['dvd-ros = dvd_ros.cli.main:main']
-        + [f'{name} = {target}' for name, target in NODES.items()],
+        'console_scripts': ['dvd-ros = dvd_ros.cli.main:main'],
     },
 )

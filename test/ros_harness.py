@@ -2,19 +2,20 @@
 
 import os
 from pathlib import Path
-import random
 import threading
 import time
 import uuid
 
 import numpy as np
 
+from dvd_ros.ros.domain import pick_domain
+
 REPO = Path(__file__).resolve().parents[1]
 PROFILE = REPO / 'config' / 'fastdds_localhost.xml'
 
-# One random domain per test run, so concurrent runs (other suites, other users) never meet;
-# DVD_TEST_DOMAIN_ID pins it.
-DOMAIN_ID = int(os.environ.get('DVD_TEST_DOMAIN_ID') or random.randint(1, 100))
+# One private domain per test run (random among those no process on this host uses), so
+# concurrent runs (other suites, other users) never meet; DVD_TEST_DOMAIN_ID pins it.
+DOMAIN_ID = int(os.environ.get('DVD_TEST_DOMAIN_ID') or pick_domain())
 # Before any participant exists: traffic stays on loopback, profile with the big SHM segment;
 # the environment is inherited by every process a test starts.
 os.environ['ROS_AUTOMATIC_DISCOVERY_RANGE'] = 'LOCALHOST'
@@ -37,7 +38,7 @@ OUTPUTS = {
 
 
 def domain_id():
-    """Return this test run's ROS domain id (random in 1..100, fixed for the run)."""
+    """Return this test run's ROS domain id (private, fixed for the run)."""
     return DOMAIN_ID
 
 

@@ -1,7 +1,6 @@
 """The demo command end to end: outputs exist and the printed accuracy is reproducible."""
 
 import json
-import random
 
 import numpy as np
 import pytest
@@ -28,7 +27,6 @@ def weights(tmp_path_factory):
 
 
 def test_demo_outputs_and_recomputed_accuracy(tmp_path, weights, capsys, monkeypatch):
-    monkeypatch.setenv('ROS_DOMAIN_ID', str(random.randint(120, 200)))
     out = tmp_path / 'demo'
     status = main(['demo', '--out', str(out), '--frames', '12', '--rate', '15',
                    '--timeout', '120'] + (['--weights', weights] if weights else []))

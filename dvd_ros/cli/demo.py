@@ -43,6 +43,10 @@ def add_parser(subparsers):
                         help='window overlap (frames); default: (window - 1) / 2')
     parser.add_argument('--timeout', type=float, default=300.0,
                         help='give up after this many seconds')
+    parser.add_argument('--domain-id', type=int, default=None, metavar='ID',
+                        help='ROS domain of the demo (e.g. to watch it in RViz); default: a '
+                        'private one no other process on this host uses (ROS_DOMAIN_ID is '
+                        'ignored: the demo is self-contained)')
     parser.set_defaults(func=run)
     return parser
 
@@ -62,6 +66,9 @@ def _check_args(args):
                        f'{args.window}')
     if min(args.height, args.width) < 16:
         raise CliError(f'--height/--width {args.height}x{args.width}: at least 16 px each')
+    if args.domain_id is not None and not 0 <= args.domain_id <= 232:
+        raise CliError(f'--domain-id {args.domain_id}: ROS domains are 0..232 (0..101 are '
+                       'safe on Linux)')
     if args.weights and not Path(args.weights).exists():
         raise CliError(f'--weights {args.weights}: no such file or folder (see `dvd-ros '
                        'weights` for where the official weights are published)')
@@ -93,7 +100,8 @@ def run(args):
     started = time.monotonic()
     try:
         recording = record_demo(camera, depth, args.frames, args.timeout,
-                                log=lambda line: print(line, flush=True))
+                                log=lambda line: print(line, flush=True),
+                                domain_id=args.domain_id)
     except DvdError as exc:
         raise CliError(str(exc)) from None
     stamps = recording.complete_stamps()[:args.frames]

@@ -25,8 +25,9 @@ def add_parser(subparsers):
     parser.add_argument('--namespace', '-n', action='append', metavar='NS', default=None,
                         help='camera namespace; repeat for several cameras (default: none). '
                              'The node in NS subscribes NS/image and NS/camera_info')
-    parser.add_argument('--set', '-p', action='append', metavar='NAME=VALUE', default=[],
-                        help='set a depth node parameter (YAML value), e.g. -p metric_mode=fixed')
+    parser.add_argument('--set', '-p', action='append', metavar='NAME:=VALUE', default=[],
+                        help='set a depth node parameter, e.g. -p metric_mode:=fixed (ROS '
+                             'syntax) or -p metric_mode=fixed; an unknown name is an error')
     parser.add_argument('--with-synthetic-camera', action='store_true',
                         help='also start a synthetic camera in each namespace')
     parser.add_argument('--camera-source', default='synthetic', metavar='SOURCE',
@@ -40,24 +41,49 @@ def add_parser(subparsers):
                         help='stop after this many seconds (default: run until Ctrl-C)')
     parser.add_argument('--threads', type=int, default=None,
                         help="executor threads (default: rclpy's choice)")
+    parser.add_argument('--domain-id', default=None, metavar='ID|auto',
+                        help='ROS domain of the nodes (default: ROS_DOMAIN_ID, else 0, so '
+                             'the rest of the robot sees them); auto = a private domain no '
+                             'other process on this host uses (a self-contained run)')
     parser.set_defaults(func=run)
     return parser
 
 
 def parse_sets(items):
-    """Turn ``['name=value', ...]`` into ``{name: value}`` with YAML-typed values."""
-    import yaml
+    """Turn ``['name:=value', 'name=value', ...]`` into ``{name: typed value}``.
 
-    out = {}
-    for item in items:
-        name, sep, text = item.partition('=')
-        if not sep or not name:
-            raise CliError(f'--set expects NAME=VALUE, got {item!r} (e.g. -p metric_mode=fixed)')
-        try:
-            out[name.strip()] = yaml.safe_load(text) if text else ''
-        except yaml.YAMLError as exc:
-            raise CliError(f'--set {name}: cannot parse {text!r} as a value: {exc}') from None
-    return out
+    :raises CliError: bad syntax, an unknown parameter name (close matches listed) or a value
+        that does not fit the parameter.
+    """
+    from dvd_ros.errors import InputError
+    from dvd_ros.ros.param_args import parse_assignments
+
+    try:
+        return parse_assignments(items)
+    except InputError as exc:
+        raise CliError(str(exc)) from None
+
+
+def resolve_domain(text):
+    """Return the ROS domain ``--domain-id`` asks for, or None for the environment's.
+
+    :param text: None (``ROS_DOMAIN_ID``, else ROS's default 0), ``'auto'`` (a private domain,
+        :func:`~dvd_ros.ros.domain.pick_domain`) or a number in 0..232.
+    :raises CliError: anything else.
+    """
+    if text is None:
+        return None
+    if text == 'auto':
+        from dvd_ros.ros.domain import pick_domain
+        return pick_domain()
+    try:
+        domain = int(text)
+    except ValueError:
+        domain = -1
+    if not 0 <= domain <= 232:
+        raise CliError(f'--domain-id {text!r}: use auto or a ROS domain in 0..232 (0..101 are '
+                       'safe on Linux)')
+    return domain
 
 
 def build_nodes(args, context):
@@ -96,6 +122,7 @@ def build_nodes(args, context):
 def run(args):
     """Run the nodes until Ctrl-C / SIGTERM or ``--duration``; return the exit status."""
     from pathlib import Path
+    import sys
 
     import rclpy
     from rclpy.executors import MultiThreadedExecutor
@@ -110,9 +137,13 @@ def run(args):
             raise CliError(f'parameter file {args.params_file!r} not found; pass a YAML file '
                            'such as config/depth.yaml')
         ros_args += ['--ros-args', '--params-file', args.params_file]
+    domain = resolve_domain(args.domain_id)
+    if domain is not None:
+        print(f'dvd-ros run: ROS domain {domain}', file=sys.stderr, flush=True)
     request = ShutdownRequest().install()
     context = rclpy.context.Context()
-    rclpy.init(args=ros_args, context=context, signal_handler_options=SignalHandlerOptions.NO)
+    rclpy.init(args=ros_args, context=context, signal_handler_options=SignalHandlerOptions.NO,
+               domain_id=domain)
     executor = MultiThreadedExecutor(num_threads=args.threads, context=context)
     nodes = []
     clean = True

@@ -53,7 +53,8 @@ class Recording:
         return sorted(set(self.disparity) & set(self.rgb) & set(self.truth))
 
 
-def record_demo(camera_params, depth_params, frames, timeout, regressor=None, log=print):
+def record_demo(camera_params, depth_params, frames, timeout, regressor=None, log=print,
+                domain_id=None):
     """Run camera -> depth node -> recorder until ``frames`` disparities arrived.
 
     :param camera_params: parameter overrides of the synthetic camera (dict).
@@ -62,9 +63,15 @@ def record_demo(camera_params, depth_params, frames, timeout, regressor=None, lo
     :param timeout: give up after this many seconds (returns what was recorded).
     :param regressor: optional model object injected into the depth node.
     :param log: callable for progress lines.
+    :param domain_id: ROS domain of the run; None = a private one no process on this host
+        uses (:func:`~dvd_ros.ros.domain.pick_domain`): the run is self-contained, and a
+        camera of another run must not reach its node.
     :return: :class:`Recording`.
     """
     use_loopback_dds()
+    from dvd_ros.ros.domain import pick_domain
+
+    domain_id = pick_domain() if domain_id is None else int(domain_id)
     import rclpy
     from rclpy.executors import MultiThreadedExecutor
     from rclpy.parameter import Parameter
@@ -77,7 +84,8 @@ def record_demo(camera_params, depth_params, frames, timeout, regressor=None, lo
         return [Parameter(name, value=value) for name, value in values.items()]
 
     context = rclpy.context.Context()
-    rclpy.init(args=[], context=context)
+    rclpy.init(args=[], context=context, domain_id=domain_id)
+    log(f'demo: ROS domain {domain_id}')
     executor = MultiThreadedExecutor(num_threads=3, context=context)
     nodes = []
     recording = Recording()
