@@ -1,5 +1,6 @@
 """Streaming core (pure numpy): window schedules, alignment, the streaming estimator."""
 
+from dvd_ros.stream.adaptive import OverlapController
 from dvd_ros.stream.align import (
     REFERENCE_SCALE_CLIP,
     Alignment,
@@ -18,6 +19,7 @@ from dvd_ros.stream.estimator import (
     StreamStats,
     run_offline,
 )
+from dvd_ros.stream.pipeline import Pipeline, StreamPipeline
 from dvd_ros.stream.windows import (
     CausalWindow,
     causal_tail_window,
@@ -29,8 +31,9 @@ from dvd_ros.stream.windows import (
 )
 
 __all__ = [
-    'Alignment', 'CausalWindow', 'DepthFrame', 'OfflineStitcher', 'REFERENCE_SCALE_CLIP',
-    'StreamStats', 'StreamingDepth', 'apply_alignment', 'causal_tail_window', 'causal_window',
+    'Alignment', 'CausalWindow', 'DepthFrame', 'OfflineStitcher', 'OverlapController',
+    'Pipeline', 'REFERENCE_SCALE_CLIP', 'StreamPipeline', 'StreamStats', 'StreamingDepth',
+    'apply_alignment', 'causal_tail_window', 'causal_window',
     'causal_windows', 'clip_scale', 'crossfade', 'crossfade_weights', 'disagreement_confidence',
     'eval_windows', 'fit_scale_shift', 'offline_windows', 'pad_length', 'run_offline',
     'stitch_offline',

@@ -9,11 +9,13 @@ schedule), aligns each window to the values it already published over the overla
 from collections import deque
 from dataclasses import dataclass, field
 import math
+import threading
 import time
 
 import numpy as np
 
 from dvd_ros.errors import InputError
+from dvd_ros.stream.adaptive import DEFAULT_MARGIN, OverlapController
 from dvd_ros.stream.align import (
     IDENTITY,
     REFERENCE_SCALE_CLIP,
@@ -31,6 +33,8 @@ from dvd_ros.stream.windows import check_window, eval_windows, offline_windows
 POLICIES = ('immediate', 'blend')
 FLUSH_MODES = ('reanchor', 'pad')
 RESIZE_MODES = ('restart', 'raise')
+# 'auto': each window's overlap is chosen from the measured throughput (stream.adaptive).
+OVERLAP_MODES = ('fixed', 'auto')
 # Percentiles of the training normalisation (spec 1.5): the drift reference tracks them.
 _DRIFT_PERCENTILES = (2.0, 98.0)
 _DRIFT_SAMPLES = 50_000
@@ -64,7 +68,9 @@ class StreamStats:
     window, or held by the ``'blend'`` policy);
     ``last_*`` describe the most recent window (model seconds, and the alignment of its raw
     output to the published overlap: scale, shift, RMS residual in disparity units, whether
-    the scale was clipped, robust inlier fraction).
+    the scale was clipped, robust inlier fraction, frames it shared with final ones, seconds of
+    its alignment); ``overlap`` is the overlap of the next window (chosen per window with
+    ``overlap_mode='auto'``).
     """
 
     pushed: int = 0
@@ -78,6 +84,9 @@ class StreamStats:
     last_residual: float = 0.0
     last_clipped: bool = False
     last_inlier_fraction: float = 1.0
+    overlap: int = 0
+    last_overlap: int = 0
+    last_align_seconds: float = 0.0
 
     @property
     def dropped_total(self):
@@ -93,12 +102,52 @@ class StreamStats:
         """Return a flat ``{name: value}`` dict (e.g. for a DiagnosticStatus)."""
         out = {k: getattr(self, k) for k in (
             'pushed', 'emitted', 'windows', 'restarts', 'last_model_seconds', 'last_scale',
-            'last_shift', 'last_residual', 'last_clipped', 'last_inlier_fraction')}
+            'last_shift', 'last_residual', 'last_clipped', 'last_inlier_fraction', 'overlap',
+            'last_overlap', 'last_align_seconds')}
         out['pending'] = self.pending
         out['dropped'] = self.dropped_total
         for reason, count in sorted(self.dropped.items()):
             out[f'dropped_{reason}'] = count
         return out
+
+
+@dataclass
+class _Job:
+    """One window cut by the model side: its frames ``[(stamp, index)]`` and bookkeeping."""
+
+    k: int
+    frames: list
+    final: bool
+    new: int  # frames it makes final (dropped if the model fails)
+    next_overlap: int = 0  # overlap of the window after it (blend holds as many frames)
+
+
+@dataclass
+class _Window:
+    """Step: the model ran ``job``; ``raw`` is its ``(T, H, W)`` float32 output."""
+
+    job: _Job
+    raw: np.ndarray
+
+
+@dataclass
+class _Failed:
+    """Step: the model raised ``error`` on ``job``; the stream restarts."""
+
+    job: _Job
+    error: BaseException
+
+
+@dataclass
+class _End:
+    """Step: the stream ends (flush); held frames become final."""
+
+
+@dataclass
+class _Reset:
+    """Step: the stream is forgotten; ``pending`` frames of the model side are dropped."""
+
+    pending: int
 
 
 def _check_choice(value, choices, name):
@@ -168,13 +217,21 @@ class StreamingDepth:
     :param drift_strength: weight of the percentile prior relative to the overlap data (0 = off).
     :param drift_horizon: windows averaged into the percentile reference (None = all).
     :param confidence_tau: disagreement (disparity units) at which confidence is ``1/e``.
-    :param clock: monotonic clock in seconds, for ``stats.last_model_seconds``.
+    :param clock: monotonic clock in seconds, for ``stats.last_model_seconds`` and the
+        measurements of ``overlap_mode='auto'``.
+    :param overlap_mode: ``'fixed'`` or ``'auto'``: before each window, the largest overlap in
+        ``[overlap_min, window - 1]`` that keeps up with the measured input rate and window
+        time (:class:`~dvd_ros.stream.adaptive.OverlapController`); ``overlap`` is then the
+        starting value, used until the first window has run.
+    :param overlap_min: smallest overlap ``'auto'`` may choose.
+    :param overlap_margin: ``'auto'``: throughput required over the input rate (>= 1).
     """
 
     def __init__(self, regressor, window=81, overlap=21, policy='immediate',
                  scale_clip=REFERENCE_SCALE_CLIP, robust=False, flush_mode='reanchor',
                  on_resize='restart', symmetric=True, drift_strength=0.0, drift_horizon=None,
-                 confidence_tau=0.05, clock=time.perf_counter):
+                 confidence_tau=0.05, clock=time.perf_counter, overlap_mode='fixed',
+                 overlap_min=1, overlap_margin=DEFAULT_MARGIN):
         if not callable(getattr(regressor, 'predict', None)):
             raise InputError(f'regressor must have predict(frames) -> (T, H, W), got '
                              f'{type(regressor).__name__}')
@@ -199,10 +256,22 @@ class StreamingDepth:
         self.confidence_tau = float(confidence_tau)
         if not (math.isfinite(self.confidence_tau) and self.confidence_tau > 0):
             raise InputError(f'confidence_tau must be > 0, got {confidence_tau!r}')
-        self._clock = clock
+        self.overlap_mode = _check_choice(overlap_mode, OVERLAP_MODES, 'overlap_mode')
+        self.initial_overlap = self.overlap
+        self.controller = (OverlapController(self.window, overlap_min, self.overlap,
+                                             overlap_margin)
+                           if self.overlap_mode == 'auto' else None)
+        # Set by a pipeline that runs the model while the previous window is finished: the
+        # window rate is then bounded by the slower stage, not by their sum.
+        self.overlapped = False
+        # Seconds the caller spends per window after the estimator (publishing), if known.
+        self.sink_seconds = 0.0
+        self.clock = clock
+        self._lock = threading.Lock()  # counters: the two sides may run on two threads
         self._dropped = {}
         self._counts = {'pushed': 0, 'emitted': 0, 'windows': 0, 'restarts': 0}
-        self._last = {}
+        self._last = {'overlap': self.overlap}
+        self._finish_seconds = 0.0
         self._reset_stream()
 
     # -- public API -----------------------------------------------------------------------
@@ -210,81 +279,164 @@ class StreamingDepth:
     @property
     def stats(self):
         """Return a :class:`StreamStats` snapshot."""
-        return StreamStats(dropped=dict(self._dropped), **self._counts, **self._last)
+        with self._lock:
+            return StreamStats(dropped=dict(self._dropped), **self._counts, **self._last)
 
     @property
     def latency_frames(self):
         """Return how many frames after a frame arrives it is emitted at most (excl. compute)."""
         return self.window - 1 + (min(self.overlap, self.hop) if self.policy == 'blend' else 0)
 
-    def push(self, frame, stamp=None):
+    def push(self, frame, stamp=None, arrival=None):
         """Add one frame; return the frames that became final (possibly none).
 
         :param frame: ``(H, W, 3)`` uint8 RGB, the same size as the stream's earlier frames.
         :param stamp: opaque per-frame record returned untouched with its output.
+        :param arrival: when the frame arrived (seconds, monotonic; default now), for the
+            input rate of ``overlap_mode='auto'``.
         :return: list of :class:`DepthFrame`, in frame order.
         :raises InputError: invalid frame (counted as dropped, reason ``invalid``), or a size
             change with ``on_resize='raise'`` (reason ``size_mismatch``).
         """
-        # Every call counts, rejected frames too, so pushed = emitted + dropped + pending.
-        self._counts['pushed'] += 1
-        frame = self._check_frame(frame)
-        out = []
-        if self._shape is not None and frame.shape[:2] != self._shape:
-            if self.on_resize == 'raise':
-                self._drop('size_mismatch')
-                raise InputError(f'frame is {frame.shape[1]}x{frame.shape[0]} but the stream is '
-                                 f'{self._shape[1]}x{self._shape[0]} (WxH); call reset() or use '
-                                 "on_resize='restart'")
-            try:
-                out = self.flush()
-            except Exception:
-                self._drop('model_error')  # this frame never reached a stream
-                raise
-            self._counts['restarts'] += 1
-        self._shape = frame.shape[:2]
-        self._store(frame)
-        self._frames.append((None, stamp, self._next_index))
-        self._next_index += 1
-        self._new += 1
-        if self._new >= (self.window if self._k == 0 else self.hop):
-            out += self._run(len(self._frames), final=False)
-        return out
+        frame = self.accept(frame)
+        return self._drive(self.intake(frame, stamp, arrival))
 
     def flush(self):
         """Finish the stream: emit every pending frame, then start a new stream.
 
         :return: list of :class:`DepthFrame` (the tail, and frames held by ``'blend'``).
         """
-        out = []
         try:
-            if self._new > 0:
-                if self._k == 0:
-                    size = len(self._frames)
-                elif self.flush_mode == 'reanchor':
-                    size = len(self._frames)
-                else:
-                    size = min(len(self._frames), self.overlap + self._new)
-                out += self._run(size, final=True)
-            out += self._release_held()
+            return self._drive(self.intake_flush())
         finally:
             self._reset_stream()
-        return out
 
     def reset(self):
         """Forget the stream (pending frames are counted as dropped, reason ``reset``)."""
-        pending = self._new + len(self._held)
-        if pending:
-            self._drop('reset', pending)
-        self._reset_stream()
+        self._drive(self.intake_reset())
 
     def note_dropped(self, reason, count=1):
         """Count frames dropped before they reached :meth:`push` (e.g. the node was busy)."""
         self._drop(str(reason), int(count))
 
+    # -- the two sides, for a pipeline ------------------------------------------------------
+    # push/flush/reset = the model side (accept + intake*: frames into windows, the model)
+    # feeding the finishing side (finish: alignment, confidence, emission). A pipeline runs
+    # intake* on one thread and finish on another, passing the steps through a FIFO queue;
+    # both sides keep their own state, so the outputs are the same as push's.
+
+    def accept(self, frame):
+        """Count a pushed frame and validate it (caller side of :meth:`push`).
+
+        :return: the frame as an array.
+        :raises InputError: not an ``(H, W, 3)`` uint8 array (counted, reason ``invalid``).
+        """
+        # Every call counts, rejected frames too, so pushed = emitted + dropped + pending.
+        self._count('pushed')
+        return self._check_frame(frame)
+
+    def intake(self, frame, stamp, arrival=None):
+        """Model side of :meth:`push` for an accepted frame: yield the steps to finish.
+
+        Runs the model when a window is complete. A model failure is yielded as a step (the
+        model side has already restarted); the generator then ends.
+
+        :raises InputError: a size change with ``on_resize='raise'`` (reason
+            ``size_mismatch``).
+        """
+        if self._shape is not None and frame.shape[:2] != self._shape:
+            if self.on_resize == 'raise':
+                self._drop('size_mismatch')
+                raise InputError(f'frame is {frame.shape[1]}x{frame.shape[0]} but the stream is '
+                                 f'{self._shape[1]}x{self._shape[0]} (WxH); call reset() or use '
+                                 "on_resize='restart'")
+            ok = yield from self.intake_flush()
+            if not ok:
+                self._drop('model_error')  # this frame never reached a stream
+                return
+            self._count('restarts')
+        if self.controller is not None:
+            self.controller.arrival(self.clock() if arrival is None else arrival)
+        self._shape = frame.shape[:2]
+        self._store(frame)
+        self._frames.append((None, stamp, self._next_index))
+        self._next_index += 1
+        self._new += 1
+        if self._new >= (self.window if self._k == 0 else self.hop):
+            yield from self._cut(len(self._frames), final=False)
+
+    def intake_flush(self):
+        """Model side of :meth:`flush`: yield the steps; return False if the model failed."""
+        if self._new > 0:
+            if self._k == 0 or self.flush_mode == 'reanchor':
+                size = len(self._frames)
+            else:
+                size = min(len(self._frames), self.overlap + self._new)
+            ok = yield from self._cut(size, final=True)
+            if not ok:
+                return False
+        yield _End()
+        self._reset_model()
+        return True
+
+    def intake_reset(self):
+        """Model side of :meth:`reset`: yield the step that forgets the stream."""
+        pending = self._new
+        self._reset_model()
+        yield _Reset(pending)
+
+    def finish(self, step):
+        """Finishing side: turn one step of the model side into final frames.
+
+        :param step: what :meth:`intake`, :meth:`intake_flush` or :meth:`intake_reset`
+            yielded, in order.
+        :return: list of :class:`DepthFrame`.
+        """
+        if isinstance(step, _Window):
+            t0 = self.clock()
+            out = self._align(step)
+            self._finish_seconds = float(self.clock() - t0)
+            with self._lock:
+                self._last['last_align_seconds'] = self._finish_seconds
+            return out
+        if isinstance(step, _End):
+            out = self._release_held()
+            self._reset_finish()
+            return out
+        if isinstance(step, _Failed):
+            # The window's new frames have no output; the alignment reference would span a
+            # gap, so the stream starts over with the next frame.
+            self._drop('model_error', step.job.new + len(self._held))
+            self._count('restarts')
+            self._reset_finish()
+            return []
+        if isinstance(step, _Reset):
+            pending = step.pending + len(self._held)
+            if pending:
+                self._drop('reset', pending)
+            self._reset_finish()
+            return []
+        raise TypeError(f'not a stream step: {step!r}')
+
     # -- internals ------------------------------------------------------------------------
 
+    def _drive(self, steps):
+        """Run the model side and the finishing side in turn (the sequential stream)."""
+        out = []
+        error = None
+        for step in steps:
+            out += self.finish(step)
+            if isinstance(step, _Failed):
+                error = step.error  # the model side ends after it (and counts its own drops)
+        if error is not None:
+            raise error
+        return out
+
     def _reset_stream(self):
+        self._reset_model()
+        self._reset_finish()
+
+    def _reset_model(self):
         self._shape = None
         self._next_index = 0
         self._k = 0  # next window number
@@ -293,14 +445,23 @@ class StreamingDepth:
         # Every frame is written twice, at j % W and j % W + W, so the last <= W frames are
         # always one contiguous slice: the window goes to the model without a 75 MB stack.
         self._ring = None
-        keep = self.window - 1 if self.flush_mode == 'reanchor' else self.overlap
+
+    def _reset_finish(self):
+        # With a chosen overlap every later window may re-use up to window - 1 final frames.
+        keep = (self.window - 1 if self.flush_mode == 'reanchor' or self.controller is not None
+                else self.overlap)
         self._published = deque(maxlen=max(keep, 1))  # (index, disparity) final values
-        self._held = []  # blend: [index, stamp, disparity, confidence] not yet final
+        self._held = []  # blend: [index, stamp, disparity, confidence, window] not yet final
         self._drift_ref = None  # running mean of aligned windows' (p2, p98)
         self._drift_count = 0
 
+    def _count(self, name, count=1):
+        with self._lock:
+            self._counts[name] += count
+
     def _drop(self, reason, count=1):
-        self._dropped[reason] = self._dropped.get(reason, 0) + count
+        with self._lock:
+            self._dropped[reason] = self._dropped.get(reason, 0) + count
 
     def _check_frame(self, frame):
         arr = np.asarray(frame) if isinstance(frame, np.ndarray) else None
@@ -338,11 +499,12 @@ class StreamingDepth:
         view.flags.writeable = False
         return view
 
-    def _predict(self, frames):
-        batch = self._batch(len(frames))
-        t0 = self._clock()
+    def _predict(self, batch):
+        t0 = self.clock()
         raw = self.regressor.predict(batch)
-        self._last['last_model_seconds'] = float(self._clock() - t0)
+        seconds = float(self.clock() - t0)
+        with self._lock:
+            self._last['last_model_seconds'] = seconds
         raw = np.asarray(raw, dtype=np.float32)
         want = batch.shape[:3]
         if raw.shape != want:
@@ -352,25 +514,43 @@ class StreamingDepth:
             finite = math.isfinite(float(np.add.reduce(raw, axis=None, dtype=np.float64)))
         if not finite:
             raw = np.where(np.isinf(raw), np.float32(np.nan), raw)  # inf is no data, too
-        return raw
+        return raw, seconds
 
-    def _run(self, size, final):
-        """Run the window made of the last ``size`` buffered frames; return emitted frames."""
+    def _cut(self, size, final):
+        """Run the model on the last ``size`` buffered frames; yield the step to finish.
+
+        :return: True, or False when the model failed (a :class:`_Failed` step was yielded
+            and the model side restarted).
+        """
         frames = list(self._frames)[len(self._frames) - size:]
-        k = self._k
+        job = _Job(self._k, [(f[1], f[2]) for f in frames], final, self._new)
         try:
-            raw = self._predict(frames)
-        except Exception:
-            # The window's new frames have no output; the alignment reference would span a gap,
-            # so the stream starts over with the next frame.
-            self._drop('model_error', self._new + len(self._held))
-            self._counts['restarts'] += 1
-            self._reset_stream()
-            raise
-        self._counts['windows'] += 1
+            raw, seconds = self._predict(self._batch(size))
+        except Exception as exc:  # noqa: BLE001 - handed to the finishing side, then raised
+            self._reset_model()
+            yield _Failed(job, exc)
+            return False
+        self._count('windows')
         self._k += 1
         self._new = 0
-        indices = [f[2] for f in frames]
+        if self.controller is not None:
+            finish = self._finish_seconds + self.sink_seconds
+            self.controller.service(max(seconds, finish) if self.overlapped
+                                    else seconds + finish)
+            self.overlap = self.controller.choose()
+            self.hop = self.window - self.overlap
+            with self._lock:
+                self._last['overlap'] = self.overlap
+        # Blend holds back as many frames as the next window will share.
+        job.next_overlap = self.overlap
+        yield _Window(job, raw)
+        return True
+
+    def _align(self, step):
+        """Align one window's raw output to the final values; return the emitted frames."""
+        job, raw = step.job, step.raw
+        k = job.k
+        indices = [f[1] for f in job.frames]
         ro = 0
         while ro < len(indices) and self._known(indices[ro]):
             ro += 1
@@ -385,30 +565,36 @@ class StreamingDepth:
                                              symmetric=self.symmetric), self.scale_clip)
             aligned = apply_alignment(raw, fit)
             conf = disagreement_confidence(ref, aligned[:ro], self.confidence_tau)
-        self._last.update(last_scale=float(fit.scale), last_shift=float(fit.shift),
-                          last_residual=float(fit.residual), last_clipped=bool(fit.clipped),
-                          last_inlier_fraction=float(fit.inlier_fraction))
+        with self._lock:
+            self._last.update(last_scale=float(fit.scale), last_shift=float(fit.shift),
+                              last_residual=float(fit.residual), last_clipped=bool(fit.clipped),
+                              last_inlier_fraction=float(fit.inlier_fraction),
+                              last_overlap=ro)
         self._update_drift_reference(aligned)
         out = []
         held = {h[0]: h for h in self._held}
         # Held frames (blend) are finalised by cross-fading them with this window.
         if held:
             pos = [j for j in range(ro) if indices[j] in held]
-            weights = crossfade_weights(len(pos))
-            blended = crossfade(np.stack([held[indices[j]][2] for j in pos]),
-                                aligned[pos], weights)
-            for n, j in enumerate(pos):
-                out.append(self._final(held[indices[j]][1], blended[n], conf, indices[j], k))
+            # A held frame this window does not share (its overlap shrank) is final as held.
+            out += [self._final(*h) for h in self._held
+                    if h[0] < indices[0] or h[0] not in indices[:ro]]
+            if pos:
+                weights = crossfade_weights(len(pos))
+                blended = crossfade(np.stack([held[indices[j]][2] for j in pos]),
+                                    aligned[pos], weights)
+                for n, j in enumerate(pos):
+                    out.append(self._final(indices[j], held[indices[j]][1], blended[n], conf, k))
             self._held = []
         new = list(range(ro, len(indices)))
-        hold = 0 if final or self.policy == 'immediate' else min(self.overlap, len(new))
+        hold = 0 if job.final or self.policy == 'immediate' else min(job.next_overlap, len(new))
         for j in new[: len(new) - hold]:
-            out.append(self._final(frames[j][1], aligned[j], conf, indices[j], k))
+            out.append(self._final(indices[j], job.frames[j][0], aligned[j], conf, k))
         for j in new[len(new) - hold:]:
-            self._held.append([indices[j], frames[j][1], aligned[j], conf])
+            self._held.append([indices[j], job.frames[j][0], aligned[j], conf, k])
         return out
 
-    def _final(self, stamp, disparity, conf, index, k):
+    def _final(self, index, stamp, disparity, conf, k):
         disparity = np.ascontiguousarray(disparity, dtype=np.float32)
         # Read-only: the same array is the alignment reference of the next window.
         disparity.flags.writeable = False
@@ -418,13 +604,11 @@ class StreamingDepth:
             confidence = conf
         confidence.flags.writeable = False
         self._published.append((index, disparity))
-        self._counts['emitted'] += 1
+        self._count('emitted')
         return DepthFrame(stamp, disparity, confidence, index, k)
 
     def _release_held(self):
-        out = []
-        for index, stamp, disparity, conf in self._held:
-            out.append(self._final(stamp, disparity, conf, index, self._k - 1))
+        out = [self._final(*h) for h in self._held]
         self._held = []
         return out
 
