@@ -82,6 +82,29 @@ class _Texture:
         return self.c0[None] * m[:, None] + self.c1[None] * (1.0 - m[:, None])
 
 
+class _PhotoTexture:
+    """A photograph tiled over a surface (nearest texel), with a random tint and period."""
+
+    def __init__(self, rng, photos, scale_range=(1.5, 5.0)):
+        self.image = photos[int(rng.integers(len(photos)))]
+        self.period = float(rng.uniform(*scale_range))  # metres per photo width
+        self.tint = rng.uniform(0.6, 1.2, size=3)
+        self.mean = self.image.reshape(-1, 3).mean(0)
+        self.offset = rng.uniform(0, 1, size=2)
+
+    def __call__(self, u, v, footprint):
+        """Return (N, 3) albedo in [0, 1] (same contract as ``_Texture``)."""
+        h, w = self.image.shape[:2]
+        texel = self.period / w  # metres per texel
+        x = np.floor((u / texel + self.offset[0] * w) % w).astype(np.int64)
+        y = np.floor((-v / texel + self.offset[1] * h) % h).astype(np.int64)
+        colour = self.image[np.clip(y, 0, h - 1), np.clip(x, 0, w - 1)]
+        # Where a pixel covers many texels, fade to the mean colour (cheap anti-aliasing).
+        contrast = np.clip(1.5 - footprint / (4.0 * texel), 0.0, 1.0)[:, None]
+        colour = self.mean[None] + (colour - self.mean[None]) * contrast
+        return np.clip(colour * self.tint[None], 0.0, 1.0)
+
+
 class SyntheticScene:
     """A random room with boxes and spheres and a camera on a smooth closed path.
 
@@ -92,10 +115,14 @@ class SyntheticScene:
     :param frames_per_loop: frames for one full turn of the camera path (smoothness of motion)
     :param noise: standard deviation of additive sensor noise, in 8-bit units (0 disables)
     :param fog: enable distance fog (an extra, realistic depth cue)
+    :param clutter: add 6-16 small objects (and vary the lighting more); the default scene of
+        a seed is unchanged (these draws use their own random stream)
+    :param photos: optional sequence of (h, w, 3) float images in [0, 1]: about half of the
+        surfaces are then textured with one of them instead of a procedural pattern
     """
 
     def __init__(self, seed, height=96, width=128, hfov_deg=None, frames_per_loop=None,
-                 noise=1.5, fog=True):
+                 noise=1.5, fog=True, clutter=False, photos=None):
         if int(height) < 8 or int(width) < 8:
             raise InputError(f'image size must be at least 8x8 pixels, got {height}x{width}')
         if hfov_deg is not None and not 10.0 <= float(hfov_deg) <= 150.0:
@@ -163,11 +190,52 @@ class SyntheticScene:
         self.headlight = rng.uniform(0.0, 0.35)
         self.fog_distance = rng.uniform(12.0, 30.0) if fog else math.inf
         self.fog_colour = rng.uniform(0.5, 0.9) * np.ones(3)
+        self.light_colour = np.ones(3)
+        if clutter or photos:
+            self._enrich(path, bool(clutter), photos)
 
         # Pixel ray directions in the camera frame with unit z: the hit parameter is z-depth.
         u, v = np.meshgrid(np.arange(self.width), np.arange(self.height))
         self._x = ((u - self.K[0, 2]) / self.K[0, 0]).ravel()
         self._y = ((v - self.K[1, 2]) / self.K[1, 1]).ravel()
+
+    def _enrich(self, path, clutter, photos):
+        """Add clutter, lighting variety and photo textures from a separate random stream."""
+        rng = np.random.default_rng([self.seed, 0xC1077E2])
+        if clutter:
+            sy = self.room_hi[1]
+            wanted = len(self.boxes) + len(self.spheres) + int(rng.integers(6, 17))
+            for _ in range(400):
+                if len(self.boxes) + len(self.spheres) >= wanted:
+                    break
+                size = rng.uniform(0.15, 0.5)
+                centre = np.array([rng.uniform(self.room_lo[0] + size, self.room_hi[0] - size),
+                                   0.0,
+                                   rng.uniform(self.room_lo[2] + size, self.room_hi[2] - size)])
+                clearance = np.hypot(path[:, 0] - centre[0], path[:, 2] - centre[2]).min()
+                if clearance < 1.5 * size + 0.3:
+                    continue
+                if rng.random() < 0.4:
+                    centre[1] = size if rng.random() < 0.5 else rng.uniform(size, sy - size)
+                    self.spheres.append((centre, size, _Texture(rng, (0.1, 0.4))))
+                else:
+                    half = size * rng.uniform(0.4, 1.2, size=3)
+                    lo = np.array([-half[0], 0.0, -half[2]])
+                    hi = np.array([half[0], 2 * half[1], half[2]])
+                    if rng.random() < 0.3:  # a shelf or picture hanging in the air
+                        lo[1] = rng.uniform(0.3, sy - 2 * half[1] - 0.1)
+                        hi[1] = lo[1] + 2 * half[1]
+                    self.boxes.append((centre, _rotation_y(rng.uniform(0, math.pi)), lo, hi,
+                                       _Texture(rng, (0.1, 0.4))))
+            self.ambient = rng.uniform(0.1, 0.5)
+            self.light_colour = rng.uniform(0.75, 1.0, size=3) / 0.875
+        if photos:
+            def swap(tex):
+                return _PhotoTexture(rng, photos) if rng.random() < 0.5 else tex
+
+            self.room_tex = [swap(t) for t in self.room_tex]
+            self.boxes = [(c, r, lo, hi, swap(t)) for c, r, lo, hi, t in self.boxes]
+            self.spheres = [(c, r, swap(t)) for c, r, t in self.spheres]
 
     # ----------------------------------------------------------------------------------------
     # camera
@@ -281,7 +349,7 @@ class SyntheticScene:
         sun = np.clip(normal @ self.light_dir, 0.0, None)
         head = np.abs(np.einsum('ij,ij->i', normal, d)) / ray_len
         shade = self.ambient + (1 - self.ambient) * 0.8 * sun + self.headlight * head
-        colour = albedo * shade[:, None]
+        colour = albedo * shade[:, None] * self.light_colour[None]
         fog = np.exp(-dist / self.fog_distance)[:, None]
         colour = colour * fog + self.fog_colour[None] * (1 - fog)
         rgb = colour.reshape(self.height, self.width, 3) * 255.0

@@ -58,3 +58,35 @@ def test_rejects_bad_arguments():
         SyntheticScene(0, height=4, width=32)
     with pytest.raises(InputError, match='hfov_deg'):
         SyntheticScene(0, hfov_deg=200)
+
+
+def test_clutter_and_photos_enrich_a_scene_and_keep_the_default_one():
+    plain = SyntheticScene(8, height=24, width=32)
+    again = SyntheticScene(8, height=24, width=32, clutter=False, photos=None)
+    np.testing.assert_array_equal(plain.render(3).rgb, again.render(3).rgb)
+    rng = np.random.default_rng(0)
+    photos = [rng.uniform(0, 1, size=(16, 24, 3)).astype(np.float32)]
+    rich = SyntheticScene(8, height=24, width=32, clutter=True, photos=photos)
+    assert len(rich.boxes) + len(rich.spheres) > len(plain.boxes) + len(plain.spheres)
+    np.testing.assert_array_equal(rich.room_lo, plain.room_lo)  # same room, more inside
+    frame = rich.render(3)
+    assert np.isfinite(frame.depth).all() and (frame.depth > 0).all()
+    assert not np.array_equal(frame.rgb, plain.render(3).rgb)
+    textures = rich.room_tex + [b[4] for b in rich.boxes] + [s[2] for s in rich.spheres]
+    assert any(type(t).__name__ == '_PhotoTexture' for t in textures)
+    a = SyntheticScene(8, height=24, width=32, clutter=True, photos=photos).render(3)
+    np.testing.assert_array_equal(frame.rgb, a.rgb)
+
+
+def test_photo_textures_come_from_scikit_image_samples_without_depth():
+    pytest.importorskip('skimage')
+    from dvd_ros.train.photos import PHOTOS, load_photos
+
+    assert not any('motorcycle' in name for name in PHOTOS)  # stereo pair with disparity
+    photos = load_photos(PHOTOS[:2], max_side=32)
+    assert len(photos) == 2
+    for p in photos:
+        assert p.ndim == 3 and p.shape[2] == 3 and max(p.shape[:2]) <= 32
+        assert p.dtype == np.float32 and 0.0 <= p.min() and p.max() <= 1.0
+    with pytest.raises(InputError, match='motorcycle_left'):
+        load_photos(['motorcycle_left'])

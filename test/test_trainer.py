@@ -219,3 +219,60 @@ def test_mixed_video_lengths_share_one_latent_bank(bank, tmp_path):
     # The causal VAE encodes frame 0 alone: image latents are the first video latent frame.
     torch.testing.assert_close(lb.videos[5][0][:, :, :1], lb.videos[1][0], rtol=1e-4,
                                atol=1e-5)
+
+
+def test_joint_stage_trains_dit_and_decoder_but_not_encoder(bank, tmp_path):
+    vae, dit = _models()
+    cfg = TrainConfig(stage='joint', steps=2, lr=1e-2, video_frames=5, image_batch=2,
+                      video_batch=1, image_weight=0.5, seed=1, pixel_weight=2.0)
+    trainer = Trainer(cfg, bank, tmp_path, vae, dit, presets.LATENTS_MEAN, presets.LATENTS_STD)
+    before = {n: p.detach().clone() for n, p in vae.named_parameters()}
+    dit_before = [p.detach().clone() for p in dit.parameters()]
+    logs = trainer.train_step()
+    assert logs['pixel'] > 0 and logs['loss'] > logs['mse']
+    trainer.train_step()
+    for n, p in vae.named_parameters():
+        changed = not torch.equal(p, before[n])
+        if n.startswith(('encoder.', 'quant_conv.')):
+            assert not changed, n
+    assert any(not torch.equal(p, before[n]) for n, p in vae.named_parameters()
+               if n.startswith('decoder.'))
+    assert any(not torch.equal(p, q) for p, q in zip(dit.parameters(), dit_before))
+    trainer.save_state()
+    assert any(k.startswith('decoder.') for k in torch.load(
+        tmp_path / 'state.pt', weights_only=False)['trainable'])
+
+
+def test_pixel_loss_rewards_sharp_edges():
+    from dvd_ros.train.trainer import pixel_loss
+
+    target = torch.zeros(1, 1, 8, 8)
+    target[..., 4:] = 1.0
+    blurred = target.clone()
+    blurred[..., 3] = 0.5
+    blurred[..., 4] = 0.5
+    assert pixel_loss(target, target) == 0
+    assert pixel_loss(blurred, target) > 0
+
+
+def test_cli_joint_stage_fine_tunes_a_model_end_to_end(tmp_path):
+    from dvd_ros.cli.main import main
+
+    vae, dit = _models()
+    base = save_trained(tmp_path / 'base', dit, vae, presets.LATENTS_MEAN, presets.LATENTS_STD,
+                        {'height': 32, 'width': 32, 'train': {'seed': 0}})['converted']
+    common = ['--seeds', '0:1', '--clips-per-seed', '1', '--clip-frames', '5', '--height',
+              '32', '--width', '32', '--no-progress', '--video-frames', '5']
+    assert main(['train', str(tmp_path / 'j'), '--stage', 'joint'] + common) == 2
+    assert main(['train', str(tmp_path / 'j'), '--stage', 'joint', '--base', str(base),
+                 '--steps', '1', '--pixel-weight', '0.5'] + common) == 0
+    models = load_models(tmp_path / 'j' / 'converted')
+    assert models.meta['train']['stage'] == 'joint'
+    assert models.meta['train']['pixel_weight'] == 0.5
+    assert models.meta['base']['train'] == {'seed': 0}
+    # The encoder is the base's: same RGB latents.
+    x = torch.rand(1, 3, 5, 32, 32) * 2 - 1
+    with torch.no_grad():
+        torch.testing.assert_close(
+            latent.encode(models.vae, x, models.latents_mean, models.latents_std),
+            latent.encode(load_models(base).vae, x, presets.LATENTS_MEAN, presets.LATENTS_STD))

@@ -17,13 +17,18 @@ def add_parser(subparsers):
                     'regressor (full, or LoRA on a base) with MSE + LMR and writes a '
                     'checkpoint in the converted layout (and the official release layout).')
     p.add_argument('out', help='output directory (state.pt, log.jsonl, checkpoints)')
-    p.add_argument('--stage', choices=('vae', 'dit'), default='dit')
+    p.add_argument('--stage', choices=('vae', 'dit', 'joint'), default='dit',
+                   help='joint: fine-tune the DiT and the VAE decoder of --base end to end '
+                        '(latent DVD loss + decoded-disparity L1 and edge loss)')
     p.add_argument('--steps', type=int, default=1000, help='optimizer steps (default 1000)')
     p.add_argument('--lr', type=float, default=None,
                    help='learning rate (default 1e-3 vae, 1e-3 dit from scratch, 1e-4 LoRA)')
     p.add_argument('--height', type=int, default=64, help='training frame height (x16)')
     p.add_argument('--width', type=int, default=96, help='training frame width (x16)')
     p.add_argument('--seeds', default='0:240', help='scene seeds as START:STOP (default 0:240)')
+    p.add_argument('--rich-seeds', default=None,
+                   help='extra scene seeds START:STOP rendered with clutter and photo textures '
+                        '(scikit-image sample photographs); default none')
     p.add_argument('--clips-per-seed', type=int, default=4)
     p.add_argument('--clip-frames', type=int, default=9)
     p.add_argument('--video-frames', default=None,
@@ -44,6 +49,8 @@ def add_parser(subparsers):
     p.add_argument('--latents', default=None,
                    help='stage dit: cache file of the VAE latents of the bank (.pt); shared '
                         'by runs with the same VAE and bank')
+    p.add_argument('--pixel-weight', type=float, default=1.0,
+                   help='stage joint: weight of the decoded-disparity loss (default 1)')
     p.add_argument('--image-weight', type=float, default=1 / 6,
                    help='probability of an image (T = 1) batch (default 1/6, as the paper)')
     p.add_argument('--threads', type=int, default=1, help='torch CPU threads (default 1)')
@@ -86,15 +93,21 @@ def run(args):
     args.video_frames = lengths[0] if len(lengths) == 1 else lengths
     if args.stage == 'dit' and not args.vae and not args.base:
         raise CliError('stage dit needs --vae DIR (output of --stage vae) or --base WEIGHTS')
+    if args.stage == 'joint' and (not args.base or args.vae or args.lora_rank):
+        raise CliError('stage joint needs --base WEIGHTS (a trained model) and neither --vae '
+                       'nor --lora-rank')
     out = Path(args.out)
     seeds = _seeds(args.seeds)
-    bank_path = args.bank or out.parent / (f'bank_{seeds.start}_{seeds.stop}_{args.clips_per_seed}'
-                                           f'x{args.clip_frames}_{args.height}x{args.width}.npz')
+    rich = _seeds(args.rich_seeds) if args.rich_seeds else range(0)
+    rich_tag = f'_rich{rich.start}_{rich.stop}' if rich else ''
+    bank_path = args.bank or out.parent / (f'bank_{seeds.start}_{seeds.stop}{rich_tag}_'
+                                           f'{args.clips_per_seed}x{args.clip_frames}_'
+                                           f'{args.height}x{args.width}.npz')
     lr = args.lr if args.lr is not None else (1e-4 if args.lora_rank else 1e-3)
     cfg = TrainConfig(stage=args.stage, steps=args.steps, lr=lr, loss=args.loss,
                       seed=args.seed, save_every=args.save_every,
                       video_frames=args.video_frames, cosine=not args.lora_rank,
-                      image_weight=args.image_weight)
+                      image_weight=args.image_weight, pixel_weight=args.pixel_weight)
     if args.stage == 'vae':
         cfg = replace(cfg, image_batch=8, video_batch=2, image_weight=0.25)
     t0 = time.time()
@@ -102,6 +115,6 @@ def run(args):
         cfg, out, seeds=seeds, bank_path=bank_path, height=args.height, width=args.width,
         clips_per_seed=args.clips_per_seed, clip_frames=args.clip_frames, vae_dir=args.vae,
         base=args.base, lora_rank=args.lora_rank, resume=args.resume,
-        progress=not args.no_progress, latents_path=args.latents)
+        progress=not args.no_progress, latents_path=args.latents, rich_seeds=rich)
     print(json.dumps({'out': str(out), 'wall_seconds': round(time.time() - t0, 1), **result}))
     return 0

@@ -27,12 +27,19 @@ class ClipBank:
 
 
 def render_bank(seeds, clips_per_seed=4, frames=9, height=64, width=96, stride=2,
-                gap=37, progress=False):
+                gap=37, progress=False, rich_seeds=()):
     """Render ``clips_per_seed`` clips of ``frames`` frames from each scene seed -> ClipBank.
 
     Clips of one scene start ``gap`` frames apart (different views of the same room).
+    ``rich_seeds`` are rendered after ``seeds`` with clutter and photo textures
+    (``dvd_ros.train.photos``, needs scikit-image).
     """
-    seeds = [int(s) for s in seeds]
+    rich = [int(s) for s in rich_seeds]
+    photos = None
+    if rich:
+        from dvd_ros.train.photos import load_photos
+        photos = load_photos()
+    seeds = [int(s) for s in seeds] + rich
     if not seeds or clips_per_seed < 1 or frames < 1:
         raise InputError(f'need seeds, clips_per_seed >= 1 and frames >= 1, got {len(seeds)} '
                          f'seeds, {clips_per_seed}, {frames}')
@@ -41,8 +48,9 @@ def render_bank(seeds, clips_per_seed=4, frames=9, height=64, width=96, stride=2
     if progress:
         from tqdm import tqdm
         iterator = tqdm(seeds, desc='render', unit='scene')
-    for seed in iterator:
-        scene = SyntheticScene(seed, height=height, width=width)
+    for n, seed in enumerate(iterator):
+        extra = {'clutter': True, 'photos': photos} if n >= len(seeds) - len(rich) else {}
+        scene = SyntheticScene(seed, height=height, width=width, **extra)
         for c in range(clips_per_seed):
             rgb, depth = scene.clip(frames, start=c * gap, stride=stride)
             rgbs.append(rgb)

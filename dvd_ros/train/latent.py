@@ -6,7 +6,8 @@ TIMESTEP = 500.0  # t = 1000 * denoise_step, denoise_step = 0.5 (spec 1.3)
 CONTEXT_TOKENS = 512  # zero text context length (spec 1.3)
 
 
-def _stats(stat, like):
+def stats_like(stat, like):
+    """Return 16 per-channel statistics as a (1, C, 1, 1, 1) tensor of ``like``'s dtype."""
     return torch.as_tensor(stat, dtype=like.dtype, device=like.device).view(1, -1, 1, 1, 1)
 
 
@@ -16,12 +17,12 @@ def encode(vae, video, mean, std):
     Only the posterior mean is used (deterministic); ``z = (mu - mean) / std``.
     """
     mu = vae.encode(video).latent_dist.mode()
-    return (mu - _stats(mean, mu)) / _stats(std, mu)
+    return (mu - stats_like(mean, mu)) / stats_like(std, mu)
 
 
 def decode(vae, latents, mean, std):
     """Decode normalised latents (B, 16, T', h, w) to (B, 3, 4T'-3, 8h, 8w) in [-1, 1]."""
-    mu = latents * _stats(std, latents) + _stats(mean, latents)
+    mu = latents * stats_like(std, latents) + stats_like(mean, latents)
     return vae.decode(mu).sample.clamp(-1.0, 1.0)
 
 

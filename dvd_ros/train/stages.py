@@ -42,7 +42,7 @@ def load_vae_stage(vae_dir):
 
 def run_stage(cfg, out, seeds, bank_path, height, width, clips_per_seed, clip_frames,
               vae_dir=None, base=None, lora_rank=None, resume=False, progress=True,
-              latents_path=None):
+              latents_path=None, rich_seeds=range(0)):
     """Train one stage and save its outputs under ``out``; returns a summary dict.
 
     Stage 'dit' encodes the bank once with the frozen VAE; ``latents_path`` caches those
@@ -53,7 +53,7 @@ def run_stage(cfg, out, seeds, bank_path, height, width, clips_per_seed, clip_fr
     out = Path(out)
     bank = load_or_render_bank(bank_path, seeds=seeds, clips_per_seed=clips_per_seed,
                                frames=clip_frames, height=height, width=width,
-                               progress=progress)
+                               progress=progress, rich_seeds=rich_seeds)
     if cfg.stage == 'vae':
         vae = AutoencoderKLWan(**TINY_VAE_CONFIG)
         trainer = Trainer(cfg, bank, out, vae)
@@ -70,12 +70,19 @@ def run_stage(cfg, out, seeds, bank_path, height, width, clips_per_seed, clip_fr
         (out / 'vae_stage.json').write_text(json.dumps(meta, indent=1))
         return {'stage': 'vae', 'steps': trainer.step, 'train_seconds': meta['train_seconds']}
 
+    base_meta = {}
+    if cfg.stage == 'joint' and (base is None or vae_dir is not None or lora_rank):
+        raise InputError('stage joint fine-tunes a trained model end to end: give --base '
+                         'WEIGHTS (its VAE and DiT), without --vae or --lora-rank')
     if base is not None:
         from dvd_ros.model.checkpoint import load_models
 
         models = load_models(base)
         vae, transformer = models.vae, models.transformer
         mean, std = models.latents_mean, models.latents_std
+        base_meta = {k: models.meta[k] for k in ('train', 'train_seconds', 'vae_stage', 'seeds',
+                                                 'height', 'width', 'base')
+                     if k in (models.meta or {})}
         if vae_dir is not None:
             vae, mean, std = load_vae_stage(vae_dir)
     else:
@@ -102,6 +109,10 @@ def run_stage(cfg, out, seeds, bank_path, height, width, clips_per_seed, clip_fr
     meta = {'height': height, 'width': width, 'train': asdict(cfg),
             'seeds': [seeds.start, seeds.stop], 'train_seconds': round(trainer.seconds, 1),
             'lora': lora}
+    if rich_seeds:
+        meta['rich_seeds'] = [rich_seeds.start, rich_seeds.stop]
+    if base_meta:
+        meta['base'] = {'weights': str(base), **base_meta}
     from dvd_ros.train.export import save_trained
 
     paths = save_trained(out, transformer, vae, mean, std, meta, lora=lora)

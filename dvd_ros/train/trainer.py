@@ -37,7 +37,7 @@ TINY_DIT_CONFIG = {'patch_size': [1, 2, 2], 'num_attention_heads': 4, 'attention
 class TrainConfig:
     """Hyper-parameters of one training run (stored in the state and the checkpoint meta)."""
 
-    stage: str = 'dit'  # 'vae' or 'dit'
+    stage: str = 'dit'  # 'vae', 'dit' or 'joint' (DiT + VAE decoder, end to end)
     steps: int = 1000
     lr: float = 1e-4
     weight_decay: float = 0.01
@@ -50,6 +50,7 @@ class TrainConfig:
     video_batch: int = 2
     image_weight: float = 1 / 6
     loss: str = 'full'
+    pixel_weight: float = 1.0  # stage 'joint': weight of the decoded-disparity loss
     seed: int = 0
     save_every: int = 200
     extra: dict = field(default_factory=dict)
@@ -73,6 +74,20 @@ def _batch(bank, draw):
     return torch.from_numpy(np.stack(rgbs)), torch.from_numpy(np.stack(tgts))
 
 
+def pixel_loss(pred, target):
+    """L1 on decoded disparity plus L1 on its spatial forward differences (sharp edges).
+
+    :param pred: (B, T, H, W) decoded disparity in [-1, 1] (channel mean)
+    :param target: same shape, the target
+    :return: scalar tensor
+    """
+    def grad(x, dim):
+        return x.narrow(dim, 1, x.shape[dim] - 1) - x.narrow(dim, 0, x.shape[dim] - 1)
+
+    return ((pred - target).abs().mean() + (grad(pred, 2) - grad(target, 2)).abs().mean()
+            + (grad(pred, 3) - grad(target, 3)).abs().mean())
+
+
 class Trainer:
     """Run one training stage with a resumable state.
 
@@ -88,17 +103,25 @@ class Trainer:
 
     def __init__(self, cfg, bank, out_dir, vae, transformer=None, latents_mean=None,
                  latents_std=None, latents=None):
-        if cfg.stage not in ('vae', 'dit'):
-            raise InputError(f"stage must be 'vae' or 'dit', got {cfg.stage!r}")
-        if cfg.stage == 'dit' and (transformer is None or latents_mean is None):
-            raise InputError('the dit stage needs a transformer and latents_mean/std')
+        if cfg.stage not in ('vae', 'dit', 'joint'):
+            raise InputError(f"stage must be 'vae', 'dit' or 'joint', got {cfg.stage!r}")
+        if cfg.stage != 'vae' and (transformer is None or latents_mean is None):
+            raise InputError(f'the {cfg.stage} stage needs a transformer and latents_mean/std')
         self.cfg, self.bank, self.out = cfg, bank, Path(out_dir)
         self.vae, self.transformer = vae, transformer
         self.mean, self.std = latents_mean, latents_std
         self.model = vae if cfg.stage == 'vae' else transformer
-        if cfg.stage == 'dit':
+        if cfg.stage != 'vae':
             vae.requires_grad_(False)
             vae.eval()
+        if cfg.stage == 'joint':
+            # The encoder stays frozen (its latents are cached); the decoder only ever decodes
+            # depth at inference, so it is specialised to the DiT's predictions here.
+            vae.decoder.requires_grad_(True)
+            vae.post_quant_conv.requires_grad_(True)
+            self.model = torch.nn.ModuleDict({'transformer': transformer,
+                                              'decoder': vae.decoder,
+                                              'post_quant_conv': vae.post_quant_conv})
         self.params = [p for p in self.model.parameters() if p.requires_grad]
         if not self.params:
             raise InputError('no trainable parameters (all frozen)')
@@ -106,14 +129,14 @@ class Trainer:
                                      weight_decay=cfg.weight_decay)
         self.latents = None
         frames = bank.rgb.shape[1]
-        if cfg.stage == 'dit':
+        if cfg.stage != 'vae':
             self.latents = latents if latents is not None else LatentBank.encode(
                 vae, bank, latents_mean, latents_std, cfg.video_frames)
             frames = max(np.atleast_1d(cfg.video_frames))
         self.sampler = JointSampler(len(bank), frames, cfg.video_frames, cfg.image_batch,
                                     cfg.video_batch, cfg.image_weight,
                                     rng=np.random.default_rng(cfg.seed),
-                                    image_first_frame=cfg.stage == 'dit')
+                                    image_first_frame=cfg.stage != 'vae')
         self.step = 0
         self.seconds = 0.0
 
@@ -165,7 +188,15 @@ class Trainer:
             return loss, {'l1': l1.item(), 'mse': mse.item(), 'loss': loss.item()}
         z_rgb, z_tgt = self.latents.batch(draw)
         pred = latent.regress(self.transformer, z_rgb)
-        return dvd_loss(pred, z_tgt, kind=self.cfg.loss)
+        loss, logs = dvd_loss(pred, z_tgt, kind=self.cfg.loss)
+        if self.cfg.stage == 'joint':
+            _, tgt = _batch(self.bank, draw)
+            mu = pred * latent.stats_like(self.std, pred) + latent.stats_like(self.mean, pred)
+            disparity = self.vae.decode(mu).sample.mean(1)  # channel mean, as at inference
+            pixel = pixel_loss(disparity, tgt[:, 0])
+            loss = loss + self.cfg.pixel_weight * pixel
+            logs.update(pixel=float(pixel.detach()), loss=float(loss.detach()))
+        return loss, logs
 
     def train_step(self):
         """Run one optimizer step; returns the log dict."""
