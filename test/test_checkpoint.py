@@ -41,6 +41,30 @@ def vae_io(fixtures):
     return load_file(str(fixtures / 'dvd_tiny_vae_io.safetensors'))
 
 
+@pytest.fixture(scope='module')
+def heads(fixture_config):
+    """Attention heads of the set's DiT (no tensor shape shows them)."""
+    return fixture_config['wan_model_kwargs']['num_heads']
+
+
+def lora_pairs(config):
+    """Return the LoRA pairs of a fixture model: q/k/v/o sit in self- and cross-attention."""
+    per_block = sum(2 if t in ('q', 'k', 'v', 'o') else 1
+                    for t in config['lora']['target_modules'])
+    return config['wan_model_kwargs']['num_layers'] * per_block
+
+
+def tensor_counts(config):
+    """Return ``(DiT tensors of the release file, VAE tensors)`` built from the set's config."""
+    from diffusers import AutoencoderKLWan, WanTransformer3DModel
+
+    preset = presets.preset_from_fixture_config(config)
+    with torch.device('meta'):
+        dit = len(WanTransformer3DModel(**preset.transformer).state_dict())
+        vae = len(AutoencoderKLWan(**preset.vae).state_dict())
+    return dit + 2 * lora_pairs(config), vae
+
+
 def run_dit(transformer, latents, io):
     context = torch.zeros(*io['context_shape'].tolist(), dtype=latents.dtype)
     with torch.inference_mode():
@@ -73,9 +97,10 @@ def test_negative_control_base_only_differs(dit_file, models, dit_io):
     assert max_err(dit_io['output'], dit_io['output_base_only_no_lora']) > 100 * TOL
 
 
-def test_lora_alpha_override_scales_the_delta(dit_file, models, dit_io):
-    doubled = checkpoint.load_models(dit_file, lora_alpha=8)
-    assert doubled.meta['lora_alpha'] == 8
+def test_lora_alpha_override_scales_the_delta(dit_file, models, fixture_config):
+    alpha = 2 * fixture_config['lora']['alpha']  # twice the set's own alpha
+    doubled = checkpoint.load_models(dit_file, lora_alpha=alpha)
+    assert doubled.meta['lora_alpha'] == alpha
     name = 'blocks.0.attn1.to_q.weight'
     base = checkpoint.load_models(dit_file, merge_lora=False).transformer.state_dict()[name]
     merged = models.transformer.state_dict()[name]
@@ -149,21 +174,22 @@ def test_full_1p3b_layout_maps_onto_meta_models(fixtures):
         vae = AutoencoderKLWan(**presets.VAE_WAN21)
     want = {k: list(v.shape) for k, v in transformer.state_dict().items()}
     got = {checkpoint.dit_name_to_diffusers(k): list(v.shape) for k, v in merged.items()}
-    assert len(got) == len(merged) == len(want) == 825
+    assert len(got) == len(merged) == len(want) == keys['counts']['base_dit_tensors']
     assert got == want
     assert {checkpoint.dit_name_to_wan(k) for k in want} == set(merged)
 
     original = {k.removeprefix('pipe.vae.model.'): v for k, v in keys['pipe_vae'].items()}
-    assert checkpoint.infer_vae_config({k: tuple(v) for k, v in original.items()}) == (
-        presets.VAE_WAN21)
+    vae_config = checkpoint.infer_vae_config({k: tuple(v) for k, v in original.items()})
+    assert vae_config == presets.VAE_WAN21
+    blocks = vae_config['num_res_blocks']
     want = {k: list(v.shape) for k, v in vae.state_dict().items()}
-    got = {checkpoint.vae_name_to_diffusers(k, 2): v for k, v in original.items()}
-    assert len(got) == len(want) == 194
+    got = {checkpoint.vae_name_to_diffusers(k, blocks): v for k, v in original.items()}
+    assert len(got) == len(want) == keys['counts']['pipe_vae_tensors']
     assert got == want
-    assert {checkpoint.vae_name_to_original(k, 2) for k in want} == set(original)
+    assert {checkpoint.vae_name_to_original(k, blocks) for k in want} == set(original)
 
 
-def test_mapping_agrees_with_diffusers_converters(release_state):
+def test_mapping_agrees_with_diffusers_converters(release_state, fixture_config):
     from diffusers.loaders.single_file_utils import (
         convert_wan_transformer_to_diffusers,
         convert_wan_vae_to_diffusers,
@@ -177,17 +203,18 @@ def test_mapping_agrees_with_diffusers_converters(release_state):
     vae = {k.removeprefix('pipe.vae.model.'): v for k, v in release_state.items()
            if k.startswith('pipe.vae.model.')}
     theirs = convert_wan_vae_to_diffusers(dict(vae))
-    mine = {checkpoint.vae_name_to_diffusers(k, 2): v for k, v in vae.items()}
+    blocks = fixture_config['vae']['diffusers_AutoencoderKLWan_kwargs']['num_res_blocks']
+    mine = {checkpoint.vae_name_to_diffusers(k, blocks): v for k, v in vae.items()}
     assert set(theirs) == set(mine)
     assert all(torch.equal(theirs[k], mine[k]) for k in mine)
 
 
 # ------------------------------------------------------------------ layouts that load
 
-def test_module_prefixed_copy_loads(tmp_path, release_state, dit_io):
+def test_module_prefixed_copy_loads(tmp_path, release_state, dit_io, heads):
     path = tmp_path / 'model.safetensors'
     save_file({'module.' + k: v for k, v in release_state.items()}, str(path))
-    loaded = checkpoint.load_models(path)
+    loaded = checkpoint.load_models(path, num_heads=heads)
     assert checkpoint.describe(path)['prefix'] == 'module.'
     assert max_err(run_dit(loaded.transformer, dit_io['latents'], dit_io),
                    dit_io['output']) <= TOL
@@ -216,11 +243,16 @@ def test_convert_then_load_folder_gives_same_outputs(tmp_path, models, dit_io, v
     assert checkpoint.detect_layout(folder) == 'converted'
     again = checkpoint.load_models(folder)
     assert again.meta['height'] == 48 and again.meta['lora_rank'] == models.meta['lora_rank']
-    assert torch.equal(run_dit(again.transformer, dit_io['latents'], dit_io),
-                       run_dit(models.transformer, dit_io['latents'], dit_io))
+    # The weights are bit-equal; the outputs only close: the two load paths place tensors at
+    # different memory alignments and MKL's kernels round differently on them (~1e-6).
+    for mine, theirs in ((again.transformer, models.transformer), (again.vae, models.vae)):
+        want = theirs.state_dict()
+        assert all(torch.equal(tensor, want[name]) for name, tensor in mine.state_dict().items())
+    assert max_err(run_dit(again.transformer, dit_io['latents'], dit_io),
+                   run_dit(models.transformer, dit_io['latents'], dit_io)) <= 1e-5
     with torch.inference_mode():
-        assert torch.equal(again.vae.encode(vae_io['image']).latent_dist.mode(),
-                           models.vae.encode(vae_io['image']).latent_dist.mode())
+        assert max_err(again.vae.encode(vae_io['image']).latent_dist.mode(),
+                       models.vae.encode(vae_io['image']).latent_dist.mode()) <= 1e-5
     info = checkpoint.describe(folder)
     assert info['dit_tensors'] == len(models.transformer.state_dict())
     assert info['vae_tensors'] == len(models.vae.state_dict())
@@ -254,7 +286,7 @@ def test_write_release_from_state_dict_roundtrips_exactly(tmp_path, release_stat
     assert all(torch.equal(written[k], release_state[k]) for k in release_state)
 
 
-def test_bfloat16_release_file_loads(tmp_path, release_state, dit_io):
+def test_bfloat16_release_file_loads(tmp_path, release_state, dit_io, heads):
     dit = {k.removeprefix('pipe.dit.'): v for k, v in release_state.items()
            if k.startswith('pipe.dit.')}
     vae = {k.removeprefix('pipe.vae.model.'): v for k, v in release_state.items()
@@ -262,33 +294,36 @@ def test_bfloat16_release_file_loads(tmp_path, release_state, dit_io):
     path = checkpoint.write_release_checkpoint(tmp_path / 'bf16.safetensors', dit, vae=vae,
                                                dtype=torch.bfloat16)
     assert checkpoint.describe(path)['dtypes'] == ['BF16']
-    loaded = checkpoint.load_models(path)  # merged in float64, run in float32
+    loaded = checkpoint.load_models(path, num_heads=heads)  # merged in float64, run in float32
     assert loaded.dtype == torch.float32
     assert max_err(run_dit(loaded.transformer, dit_io['latents'], dit_io), dit_io['output']) < 0.05
 
 
-@pytest.mark.parametrize('alpha', [4, 8])
+@pytest.mark.parametrize('alpha_factor', [1, 2])
 def test_write_release_from_peft_transformer_loads_back(tmp_path, dit_file, release_state,
-                                                       models, dit_io, alpha):
+                                                       models, dit_io, fixture_config, heads,
+                                                       alpha_factor):
     from peft import LoraConfig
 
+    rank = fixture_config['lora']['rank']
+    alpha = alpha_factor * fixture_config['lora']['alpha']
     base = checkpoint.load_models(dit_file, merge_lora=False)
     transformer = base.transformer
     targets = ['to_q', 'to_k', 'to_v', 'to_out.0', 'net.0.proj', 'net.2']
-    transformer.add_adapter(LoraConfig(r=4, lora_alpha=alpha, target_modules=targets))
+    transformer.add_adapter(LoraConfig(r=rank, lora_alpha=alpha, target_modules=targets))
     state = transformer.state_dict()
     for key, value in release_state.items():
         name = key.removeprefix('pipe.dit.')
         if '.lora_' in name:
             target = checkpoint.dit_name_to_diffusers(name)
             # peft scales by alpha / r; undo it so the merged weights equal the fixture's.
-            factor = 4 / alpha if '.lora_B.' in name else 1.0
+            factor = rank / alpha if '.lora_B.' in name else 1.0
             state[target].copy_(value * factor)
     path = checkpoint.write_release_checkpoint(tmp_path / 'trained.safetensors', transformer,
                                                vae=base.vae)
-    assert checkpoint.describe(path)['lora_pairs'] == 20
-    loaded = checkpoint.load_models(path)
-    assert loaded.transformer.config.num_attention_heads == 2
+    assert checkpoint.describe(path)['lora_pairs'] == lora_pairs(fixture_config)
+    loaded = checkpoint.load_models(path)  # the written file records the head count
+    assert loaded.transformer.config.num_attention_heads == heads
     assert max_err(run_dit(loaded.transformer, dit_io['latents'], dit_io),
                    dit_io['output']) <= TOL
     written = load_file(str(path))
@@ -329,9 +364,12 @@ def edited(tmp_path, release_state, drop=(), add=None):
     return path
 
 
-def test_missing_key_is_listed(tmp_path, release_state):
-    path = edited(tmp_path, release_state, drop=['pipe.dit.blocks.1.cross_attn.norm_k.weight'])
-    with pytest.raises(WeightsError, match=r'missing 1 keys: blocks\.1\.attn2\.norm_k\.weight'):
+def test_missing_key_is_listed(tmp_path, release_state, fixture_config):
+    last = fixture_config['wan_model_kwargs']['num_layers'] - 1
+    path = edited(tmp_path, release_state,
+                  drop=[f'pipe.dit.blocks.{last}.cross_attn.norm_k.weight'])
+    with pytest.raises(WeightsError,
+                       match=rf'missing 1 keys: blocks\.{last}\.attn2\.norm_k\.weight'):
         checkpoint.load_models(path)
 
 
@@ -349,10 +387,11 @@ def test_unexpected_vae_key_is_listed(tmp_path, release_state):
         checkpoint.load_models(path)
 
 
-def test_shape_mismatch(tmp_path, release_state):
+def test_shape_mismatch(tmp_path, release_state, fixture_config):
+    half = fixture_config['wan_model_kwargs']['dim'] // 2
     path = edited(tmp_path, release_state,
-                  add={'pipe.dit.blocks.1.self_attn.norm_q.weight': torch.ones(32)})
-    with pytest.raises(WeightsError, match=r'shape mismatch.*blocks\.1\.attn1\.norm_q\.weight'):
+                  add={'pipe.dit.blocks.0.self_attn.norm_q.weight': torch.ones(half)})
+    with pytest.raises(WeightsError, match=r'shape mismatch.*blocks\.0\.attn1\.norm_q\.weight'):
         checkpoint.load_models(path)
 
 
@@ -401,11 +440,12 @@ def test_default_weights_missing_is_clear(tmp_path):
 
 def test_describe_release(dit_file, fixture_config):
     info = checkpoint.describe(dit_file)
+    dit_tensors, vae_tensors = tensor_counts(fixture_config)
     assert info['layout'] == 'release'
     assert info['lora_rank'] == fixture_config['lora']['rank']
-    assert info['vae_tensors'] == 194
-    assert info['lora_pairs'] == 20
-    assert info['dit_tensors'] + info['vae_tensors'] == 303
+    assert info['vae_tensors'] == vae_tensors
+    assert info['lora_pairs'] == lora_pairs(fixture_config)
+    assert info['dit_tensors'] == dit_tensors
 
 
 def test_merge_on_an_explicit_device_is_identical(release_state):

@@ -181,7 +181,7 @@ def test_from_pretrained_folder_uses_meta_size(tmp_path, fixtures, e2e):
     models = checkpoint.load_models(fixtures / 'dvd_tiny_dit.safetensors')
     folder = checkpoint.save_converted(models, tmp_path / 'tiny', meta={'height': 48,
                                                                        'width': 80})
-    reg = DepthRegressor.from_pretrained(folder)
+    reg = DepthRegressor.from_pretrained(folder, dtype='float32')
     assert (reg.height, reg.width) == (48, 80)
     assert max_err(reg.predict_window(e2e['frames01']), e2e['depth']) <= TOL
 

@@ -78,3 +78,43 @@ def test_video_source_loops(context, tmp_path):
     assert camera.pub_truth is None  # no ground truth for a video
     assert (images[0].width, images[0].height, images[0].encoding) == (32, 24, 'rgb8')
     assert infos and infos[0].k[0] == pytest.approx(16.0, rel=1e-6)  # 90 deg over 32 px
+
+
+def _paced(context, namespace, **params):
+    camera = SyntheticCamera(namespace=namespace, context=context, parameter_overrides=overrides(
+        width=16, height=16, num_frames=2, rate=200.0, pace_topic='done', **params))
+    sink = Node('pace_sink', namespace=namespace, context=context)
+    images = []
+    sink.create_subscription(Image, 'image', images.append, qos_profile_sensor_data)
+    done = sink.create_publisher(Image, 'done', 10)
+    return camera, sink, images, done
+
+
+def test_paced_camera_waits_for_frames_to_come_back(context):
+    camera, sink, images, done = _paced(context, '/paced', max_in_flight=3)
+    spinner = Spinner(context, camera, sink)
+    try:
+        assert wait_for(lambda: len(images) >= 3, timeout=10)
+        # At 200 Hz the camera would have sent dozens more by now without pacing.
+        assert not wait_for(lambda: len(images) > 3, timeout=0.5)
+        assert camera.in_flight == 3
+        done.publish(images[0])  # the pipeline finished the first frame: one credit back
+        assert wait_for(lambda: len(images) == 4 and camera.returned == 1, timeout=10)
+        assert not wait_for(lambda: len(images) > 4, timeout=0.3)
+        assert camera.lost == 0
+    finally:
+        spinner.stop()
+        camera.destroy_node()
+        sink.destroy_node()
+
+
+def test_paced_camera_gives_up_frames_that_never_come_back(context):
+    camera, sink, images, _ = _paced(context, '/lossy', max_in_flight=1, pace_timeout=0.2)
+    spinner = Spinner(context, camera, sink)
+    try:
+        assert wait_for(lambda: len(images) >= 3, timeout=20)
+    finally:
+        spinner.stop()
+        camera.destroy_node()
+        sink.destroy_node()
+    assert camera.lost >= 2 and camera.returned == 0

@@ -63,7 +63,7 @@ def test_trained_model_beats_mean_disparity_and_untrained_network(scores):
 def test_packaged_regressor_reproduces_the_training_predictor(models, clips):
     from dvd_ros.model.regressor import DepthRegressor
 
-    reg = DepthRegressor.from_pretrained(None)
+    reg = DepthRegressor.from_pretrained(None, dtype='float32')
     rgb, _ = clips[0]
     ours = LatentPredictor(models.vae, models.transformer, models.latents_mean,
                            models.latents_std)(rgb)

@@ -43,8 +43,10 @@ def add_parser(subparsers):
                         help='DVD weights (release .safetensors or converted folder; default: '
                              'the embedded tiny model)')
     parser.add_argument('--device', default='cpu', help='torch device (default: %(default)s)')
-    parser.add_argument('--dtype', default='float32', choices=('float32', 'bfloat16', 'float16'),
-                        help='model dtype (default: %(default)s)')
+    parser.add_argument('--dtype', default='auto',
+                        choices=('auto', 'float32', 'bfloat16', 'float16'),
+                        help='model dtype (default: %(default)s = bfloat16 where the device '
+                        'has it natively, else float32)')
     parser.add_argument('--backend', default='torch',
                         help='execution backend (see `dvd-ros engine`; default: %(default)s)')
     parser.add_argument('--height', type=int,

@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 
 from dvd_ros.errors import InputError, WeightsError
-from dvd_ros.model import checkpoint
+from dvd_ros.model import checkpoint, devices
 from dvd_ros.model.backends import create_backend
 from dvd_ros.model.backends.torch_eager import resolve_device, resolve_dtype
 
@@ -57,7 +57,8 @@ class DepthRegressor:
 
         :param models: a ``DVDModels`` (moved/cast in place by the torch backend).
         :param device: 'cpu' or 'cuda[:i]'.
-        :param dtype: float32, bfloat16 or float16 (torch dtype or name).
+        :param dtype: float32, bfloat16 or float16 (torch dtype or name), or 'auto'
+            (``dvd_ros.model.devices.auto_dtype``).
         :param height: processing target height (pixels); None = the weights' recommended
             size (``models.meta['height']``, 480 for the official weights).
         :param width: processing target width; None likewise (640 for the official weights).
@@ -68,7 +69,8 @@ class DepthRegressor:
         """
         self.models = models
         self.device = resolve_device(device)
-        self.dtype = resolve_dtype(dtype)
+        self.dtype = (devices.choose_dtype(dtype, self.device, backend) if dtype == devices.AUTO
+                      else resolve_dtype(dtype))
         meta = getattr(models, 'meta', None) or {}
         self.height = int(height if height is not None else meta.get('height', DEFAULT_HEIGHT))
         self.width = int(width if width is not None else meta.get('width', DEFAULT_WIDTH))
@@ -85,24 +87,28 @@ class DepthRegressor:
         self.backend_name = self.backend.name
 
     @classmethod
-    def from_pretrained(cls, path=None, device='cpu', dtype=torch.float32, vae_path=None,
+    def from_pretrained(cls, path=None, device='cpu', dtype='auto', vae_path=None,
                         lora_alpha=None, **kwargs):
         """Load weights and build the regressor.
 
         :param path: official release file, converted folder, or None for the embedded
             tiny model (``checkpoint.DEFAULT_WEIGHTS``).
+        :param dtype: 'auto' (bfloat16 where the device has it natively, else float32), or
+            float32 / bfloat16 / float16; a dtype the device would only emulate is refused
+            (``dvd_ros.model.devices.choose_dtype``).
         :param vae_path: Wan2.1 VAE file when the release file has no VAE copy.
         :param lora_alpha: LoRA alpha override for release files (None = rank).
         :param kwargs: ``height``, ``width``, ``backend`` and backend options.
         :raises WeightsError: missing or unusable weights.
+        :raises InputError: a dtype the device cannot run natively (names the fix).
         """
+        dtype = devices.choose_dtype(dtype, device, kwargs.get('backend', 'torch'))
         if path is None:
             path = checkpoint.DEFAULT_WEIGHTS
             if not (path / checkpoint.META_FILE).is_file():
                 raise WeightsError(
                     f'the embedded tiny model is not installed at {path}; reinstall dvd_ros or '
                     'pass a weights path (see `dvd-ros weights`)')
-        dtype = resolve_dtype(dtype)
         # Load straight in the run dtype: no float32 copy of a bfloat16 model in memory.
         models = checkpoint.load_models(path, vae_path=vae_path, lora_alpha=lora_alpha,
                                         dtype=dtype)

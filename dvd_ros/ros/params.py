@@ -35,7 +35,7 @@ METRIC_MODES = ('none', 'fixed', 'anchored')
 HINT_TYPES = ('image', 'points')
 POLICIES = ('immediate', 'blend')
 RELIABILITIES = ('reliable', 'best_effort')
-DTYPES = ('float32', 'float16', 'bfloat16')
+DTYPES = ('auto', 'float32', 'float16', 'bfloat16')
 # The graph precisions of dvd_ros.model.precision (not imported here: no torch at start-up).
 PRECISION_NAMES = ('fp32', 'fp16', 'bf16', 'fp8')
 # 'none' stands for the reference plain least squares (robust=False of StreamingDepth).
@@ -117,7 +117,9 @@ DEPTH_PARAMETERS = (
        'model (no torch), for tests and DDS benchmarks only',
        choices=tuple(BACKENDS) + (STAND_IN_BACKEND,)),
     _p('device', 'cpu', 'torch device, e.g. cpu or cuda:0'),
-    _p('dtype', 'float32', 'model compute dtype', choices=DTYPES),
+    _p('dtype', 'auto', 'model compute dtype; auto = bfloat16 where the device runs it '
+       'natively (CUDA, CPUs with AMX / AVX-512-BF16), else float32; a dtype the device '
+       'would only emulate is refused', choices=DTYPES),
     _p('precision', '', 'onnxruntime / tensorrt: what the graphs compute in; empty = from '
        'dtype; fp8 = FP8 DiT linears (tensorrt on sm 8.9+), fp16 elsewhere',
        choices=('',) + PRECISION_NAMES),

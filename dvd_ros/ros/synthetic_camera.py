@@ -4,14 +4,25 @@ Publishes ``image`` (rgb8), ``camera_info`` and, for the synthetic source,
 ``ground_truth/depth`` (32FC1 metres, REP 118), all with the same header, at ``rate`` Hz.
 Synthetic frames are rendered once at start-up (ray casting is far slower than real time) and
 replayed; the stamps keep increasing, so a replayed clip looks like a camera circling its path.
+
+Pacing (``pace_topic``): a real camera runs at its own rate and a slow model drops frames; a
+synthetic one can instead wait for the pipeline. With ``pace_topic`` set to an output of the
+depth node (``depth/disparity``), a frame is published only while fewer than
+``max_in_flight`` published frames have not come back on that topic (matched by header
+stamp): credit-based flow control, so the camera runs exactly as fast as the node sustains
+and no frame is dropped, whatever the model's speed on this machine. ``rate`` stays the upper
+bound. A frame not back within ``pace_timeout`` is given up (counted in ``lost``), so a node
+that drops frames slows the camera down but cannot stall it.
 """
 
 import sys
+import threading
+import time
 
 import cv2
 import numpy as np
 from rclpy.node import Node
-from rclpy.qos import qos_profile_sensor_data
+from rclpy.qos import HistoryPolicy, QoSProfile, ReliabilityPolicy, qos_profile_sensor_data
 from sensor_msgs.msg import CameraInfo, Image
 from std_msgs.msg import Header
 
@@ -20,6 +31,7 @@ from dvd_ros.errors import InputError
 from dvd_ros.ros import messages
 from dvd_ros.ros.params import ParamSpec, declare_specs
 from dvd_ros.ros.shutdown import run_node
+from dvd_ros.ros.sync import stamp_ns
 
 CAMERA_PARAMETERS = (
     ParamSpec('source', 'synthetic', '"synthetic" (procedural rooms with ground-truth depth) '
@@ -38,6 +50,15 @@ CAMERA_PARAMETERS = (
     ParamSpec('hfov_deg', 60.0, 'horizontal field of view of a video source (for CameraInfo)',
               range=(10.0, 170.0), unit='deg'),
     ParamSpec('frame_id', 'camera_optical_frame', 'frame_id of every header (optical frame)'),
+    ParamSpec('pace_topic', '', "sensor_msgs/Image topic of the pipeline's output (e.g. "
+              'depth/disparity): publish a frame only while fewer than max_in_flight frames '
+              'have not come back on it (no drops, at the rate the pipeline sustains); empty = '
+              'fixed rate'),
+    ParamSpec('max_in_flight', 8, 'pace_topic: frames published but not yet back (a depth node '
+              'needs a window of frames plus the next hop to stay busy)', range=(1, 100000)),
+    ParamSpec('pace_timeout', 10.0, 'pace_topic: a frame not back after this many seconds is '
+              'given up (counted as lost), so dropped frames cannot stall the camera',
+              range=(0.1, 3600.0), unit='s'),
 )
 
 
@@ -114,10 +135,47 @@ class SyntheticCamera(Node):
         self.intrinsics = intr.scaled(intr.width * p['upscale'], intr.height * p['upscale'])
         self.index = 0
         self.finished = False
+        self.lost = 0  # paced frames given up after pace_timeout
+        self.returned = 0  # paced frames that came back on pace_topic
+        self._in_flight = {}  # stamp (ns) -> time.monotonic() at publication
+        self._pace_lock = threading.Lock()
+        if p['pace_topic']:
+            # Best effort matches a reliable or a best-effort publisher; a lost message only
+            # costs pace_timeout.
+            qos = QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=100,
+                             reliability=ReliabilityPolicy.BEST_EFFORT)
+            self.create_subscription(Image, p['pace_topic'], self._on_done, qos)
         self.create_timer(1.0 / p['rate'], self._tick)
+        paced = (f', paced by {self.resolve_topic_name(p["pace_topic"])} (at most '
+                 f'{p["max_in_flight"]} frames in flight)' if p['pace_topic'] else '')
         self.get_logger().info(
-            f'publishing {p["source"]} at {p["rate"]:g} Hz, {self.intrinsics.width}x'
-            f'{self.intrinsics.height}, on {self.resolve_topic_name("image")}')
+            f'publishing {p["source"]} at {"up to " if paced else ""}{p["rate"]:g} Hz, '
+            f'{self.intrinsics.width}x{self.intrinsics.height}, on '
+            f'{self.resolve_topic_name("image")}{paced}')
+
+    @property
+    def in_flight(self):
+        """Return how many paced frames are published and not yet back."""
+        with self._pace_lock:
+            return len(self._in_flight)
+
+    def _on_done(self, msg):
+        with self._pace_lock:
+            if self._in_flight.pop(stamp_ns(msg.header.stamp), None) is not None:
+                self.returned += 1
+
+    def _has_room(self):
+        """Return True when a paced camera may publish (always for a fixed-rate one)."""
+        p = self.params
+        if not p['pace_topic']:
+            return True
+        now = time.monotonic()
+        with self._pace_lock:
+            expired = [s for s, t in self._in_flight.items() if now - t > p['pace_timeout']]
+            for stamp in expired:
+                del self._in_flight[stamp]
+            self.lost += len(expired)
+            return len(self._in_flight) < p['max_in_flight']
 
     def _next(self):
         p = self.params
@@ -128,7 +186,7 @@ class SyntheticCamera(Node):
         return self.source.next(p['loop']), None
 
     def _tick(self):
-        if self.finished:
+        if self.finished or not self._has_room():
             return
         rgb, depth = self._next()
         if rgb is None:
@@ -143,6 +201,9 @@ class SyntheticCamera(Node):
                 depth = cv2.resize(depth, size, interpolation=cv2.INTER_NEAREST)
         header = Header(frame_id=self.params['frame_id'])
         header.stamp = self.get_clock().now().to_msg()
+        if self.params['pace_topic']:
+            with self._pace_lock:
+                self._in_flight[stamp_ns(header.stamp)] = time.monotonic()
         self.pub_info.publish(messages.camera_info_from_intrinsics(self.intrinsics, header))
         if self.pub_truth is not None and depth is not None:
             self.pub_truth.publish(messages.array_to_image(depth, '32FC1', header))
