@@ -355,10 +355,21 @@ def test_mid_size_merge_keeps_only_the_result(tmp_path):
 
     release_memory()
     before = _rss_kb()
+    try:  # reset the peak (VmHWM) to now, where the kernel allows it
+        with open('/proc/self/clear_refs', 'w') as handle:
+            handle.write('5')
+        peak_known = True
+    except OSError:
+        peak_known = False
     with SafetensorsReader(path) as reader:
         merged, info = merge_lora((list(reader.entries), reader.get), dtype=torch.float32)
+    peak_mb = (_rss_kb('VmHWM') - before) / 1024
     release_memory()
     grown_mb = (_rss_kb() - before) / 1024
     result_mb = sum(t.numel() * t.element_size() for t in merged.values()) / 2 ** 20
     assert info['lora_pairs'] == layers and info['rank'] == rank
-    assert grown_mb < result_mb + 40, (grown_mb, result_mb)
+    assert grown_mb < result_mb + 24, (grown_mb, result_mb)
+    if peak_known:
+        # One layer's float64 temporaries (~7 MB) on top of the result, never all of them
+        # (measured here: growth 59 MB, peak 71 MB for a 54 MB result).
+        assert peak_mb < result_mb + 48, (peak_mb, result_mb)

@@ -191,16 +191,11 @@ def write_safetensors(path, tensors, metadata=None, mode=0o644):
     :param mode: permission bits before the umask (the ``open`` default for data files).
     :return: ``(size in bytes, sha256 hex)`` of what was written.
     """
-    header, offset, order = {}, 0, []
+    header, offset = {}, 0
     for name, tensor in tensors.items():
-        tensor = tensor.detach()
-        if tensor.device.type != 'cpu':
-            tensor = tensor.cpu()
-        tensor = tensor.contiguous()
         nbytes = tensor.numel() * tensor.element_size()
         header[name] = {'dtype': _NAMES[tensor.dtype], 'shape': list(tensor.shape),
                         'data_offsets': [offset, offset + nbytes]}
-        order.append((name, tensor))
         offset += nbytes
     if metadata:
         header['__metadata__'] = {str(k): str(v) for k, v in metadata.items()}
@@ -212,9 +207,12 @@ def write_safetensors(path, tensors, metadata=None, mode=0o644):
         for piece in (len(blob).to_bytes(8, 'little'), blob):
             handle.write(piece)
             hasher.update(piece)
-        for _, tensor in order:
+        for tensor in tensors.values():
             if tensor.numel():
-                data = memoryview(tensor.reshape(-1).view(torch.uint8).numpy())
+                # A copy only for a tensor that is not contiguous CPU memory, one at a time.
+                flat = tensor.detach().cpu().contiguous().reshape(-1)
+                data = memoryview(flat.view(torch.uint8).numpy())
                 handle.write(data)
                 hasher.update(data)
+                del data, flat
     return 8 + len(blob) + offset, hasher.hexdigest()
