@@ -67,7 +67,7 @@ def test_info_on_release_file(fixtures, fixture_config, capsys):
     assert main(['weights', 'info', str(fixtures / 'dvd_tiny_dit.safetensors')]) == 0
     out = capsys.readouterr().out
     assert 'release' in out and f'lora_rank: {fixture_config["lora"]["rank"]}\n' in out
-    assert 'F32' in out
+    assert "['float32']" in out
 
 
 @pytest.mark.parametrize('argv, message', [

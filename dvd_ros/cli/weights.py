@@ -81,12 +81,21 @@ def _convert(args):
 
     from dvd_ros.errors import WeightsError
     from dvd_ros.model import checkpoint
+    from dvd_ros.model.weights.manifest import file_digest
 
     if args.dst.exists() and (not args.dst.is_dir() or any(args.dst.iterdir())) and not (
             args.force):
         raise CliError(f'{args.dst} exists and is not empty; choose another DST or pass --force')
     if args.dst.resolve() == args.src.resolve():
         raise CliError('DST must differ from SRC')
+    if args.dst.is_dir():
+        foreign = _foreign_files(args.dst)
+        if foreign:
+            # A converted folder holds exactly its manifest's files; anything else would be
+            # refused at load time, and --force never deletes what this run does not write.
+            raise CliError(
+                f'{args.dst} holds files a converted folder does not ({", ".join(foreign)}); '
+                'choose an empty DST')
     meta = {}
     for name in ('height', 'width'):
         value = getattr(args, name)
@@ -100,6 +109,8 @@ def _convert(args):
             raise CliError(
                 f'{args.src} is not an official DVD file (no pipe.dit.* keys); convert '
                 'model.safetensors or dvd_1.1.safetensors')
+        # The hash is read through the page cache before the merge: it costs no memory.
+        meta['source_size'], meta['source_sha256'] = file_digest(args.src)
         models = checkpoint.load_models(
             args.src, vae_path=args.vae, lora_alpha=args.alpha,
             dtype=getattr(torch, args.dtype), num_heads=args.num_heads)
@@ -114,6 +125,16 @@ def _convert(args):
     print(f'wrote {folder} ({args.dtype}, LoRA rank {models.meta["lora_rank"]}, alpha '
           f'{models.meta["lora_alpha"]}, VAE from {models.meta["vae_source"]}) in {seconds:.1f} s')
     return 0
+
+
+def _foreign_files(folder):
+    """Return the entries of ``folder`` that a converted folder does not consist of."""
+    from dvd_ros.model.weights.manifest import PAYLOAD
+    from dvd_ros.model.weights.names import META_FILE
+
+    allowed = {META_FILE, *PAYLOAD, *(name.split('/')[0] for name in PAYLOAD)}
+    found = sorted(str(p.relative_to(folder)) for p in folder.rglob('*'))
+    return [name for name in found if name not in allowed][:5]
 
 
 def _info(args):

@@ -3,15 +3,16 @@
 import math
 from pathlib import Path
 
-from dvd_ros.model.weights.converted import read_json
+from dvd_ros.model.weights.converted import read_meta
 from dvd_ros.model.weights.files import TensorFile, detect_layout
 from dvd_ros.model.weights.names import (
     DIT_MARKER,
     LORA_SUFFIX,
-    META_FILE,
     VAE_MARKER,
     strip_before,
 )
+from dvd_ros.model.weights.schema import PARTS
+from dvd_ros.model.weights.tensor_io import dtype_name
 
 
 def describe(path):
@@ -22,21 +23,26 @@ def describe(path):
     path = Path(path)
     layout = detect_layout(path)
     if layout == 'converted':
-        meta = read_json(path / META_FILE)
-        files = list(path.rglob('*.safetensors'))
-        counts = {}
-        for part in ('transformer', 'vae'):
-            counts[part] = sum(len(TensorFile(f).shapes) for f in (path / part).glob(
-                '*.safetensors'))
+        meta = read_meta(path)
+        counts, dtypes = dict.fromkeys(PARTS, 0), set()
+        for name in meta['files']:
+            if name.endswith('.safetensors'):
+                with TensorFile(path / name) as tensor_file:
+                    counts[name.split('/')[0]] += len(tensor_file.shapes)
+                    dtypes.update(dtype_name(d) for d in tensor_file.dtypes.values())
         return {
             'path': str(path), 'layout': layout, 'dit_tensors': counts['transformer'],
             'vae_tensors': counts['vae'], 'lora_rank': meta.get('lora_rank'),
-            'lora_alpha': meta.get('lora_alpha'), 'dtypes': [meta.get('dtype')],
-            'size_bytes': sum(f.stat().st_size for f in files),
+            'lora_alpha': meta.get('lora_alpha'), 'dtypes': sorted(dtypes),
+            'size_bytes': sum(entry['size'] for entry in meta['files'].values()),
             'processing_size': [meta.get('height'), meta.get('width')],
             'source': meta.get('source'),
         }
-    tensor_file = TensorFile(path)
+    with TensorFile(path) as tensor_file:
+        return _describe_file(path, layout, tensor_file)
+
+
+def _describe_file(path, layout, tensor_file):
     keys = list(tensor_file.keys())
     dit = strip_before(keys, DIT_MARKER)
     vae = strip_before(keys, VAE_MARKER)
@@ -54,7 +60,7 @@ def describe(path):
         'lora_rank': ranks[0] if len(ranks) == 1 else (ranks or None),
         'vae_tensors': vae_count,
         'other_tensors': len(keys) - len(dit) - vae_count,
-        'dtypes': sorted({str(d) for d in tensor_file.dtypes.values()}),
+        'dtypes': sorted({dtype_name(d) for d in tensor_file.dtypes.values()}),
         'parameters': params,
         'size_bytes': tensor_file.size_bytes(),
         'metadata': tensor_file.metadata,

@@ -1,5 +1,6 @@
 """Reading weights files: safetensors lazily, pickles weights-only, and the layout they hold."""
 
+import os
 from pathlib import Path
 import pickle
 import re
@@ -8,10 +9,15 @@ import torch
 
 from dvd_ros.errors import WeightsError
 from dvd_ros.model.weights.names import DIT_MARKER, META_FILE, VAE_MARKER, first_names
+from dvd_ros.model.weights.tensor_io import SafetensorsReader, open_regular
 
 
 class TensorFile:
-    """Lazy access to the tensors of one weights file (safetensors or weights-only pickle)."""
+    """Lazy access to the tensors of one weights file (safetensors or weights-only pickle).
+
+    Safetensors tensors are read one at a time into fresh memory (``tensor_io``), so the file
+    is never mapped; call ``close`` (or use ``with``) when done.
+    """
 
     def __init__(self, path):
         self.path = Path(path)
@@ -23,44 +29,44 @@ class TensorFile:
             raise WeightsError(f'{self.path} is a folder, expected a weights file')
         self.metadata = {}
         self._tensors = None
-        self._handle = None
+        self._reader = None
         if self.path.suffix in ('.pth', '.pt', '.ckpt', '.bin'):
             self._tensors = _load_pickle(self.path)
             self.shapes = {k: tuple(v.shape) for k, v in self._tensors.items()}
             self.dtypes = {k: v.dtype for k, v in self._tensors.items()}
             return
-        from safetensors import SafetensorError, safe_open
-        try:
-            self._handle = safe_open(str(self.path), framework='pt')
-            self.metadata = dict(self._handle.metadata() or {})
-            self.shapes, self.dtypes = {}, {}
-            for key in self._handle.keys():
-                piece = self._handle.get_slice(key)
-                self.shapes[key] = tuple(piece.get_shape())
-                self.dtypes[key] = piece.get_dtype()
-        except SafetensorError as exc:
-            raise WeightsError(
-                f'{self.path} is not a readable safetensors file ({exc}); the file is '
-                'probably truncated or corrupt: download it again') from None
+        self._reader = SafetensorsReader(self.path)
+        self.metadata = dict(self._reader.metadata)
+        self.shapes = self._reader.shapes
+        self.dtypes = self._reader.dtypes
 
     def keys(self):
         """Return the tensor names."""
         return self.shapes.keys()
 
     def get(self, key):
-        """Return one tensor (read now, from the file or the loaded pickle)."""
+        """Return one tensor in memory of its own (read now, or copied off the pickle's map)."""
         if self._tensors is not None:
-            return self._tensors[key]
-        try:
-            return self._handle.get_tensor(key)
-        except Exception as exc:  # safetensors raises its own error type for bad data
-            raise WeightsError(
-                f'cannot read tensor {key!r} from {self.path} ({exc}); the file is '
-                'probably truncated or corrupt: download it again') from None
+            # torch.load(mmap=True) tensors live in the file's mapping: copy them out, so that
+            # nothing of the file stays mapped once the loaded model is all that is left.
+            return self._tensors[key].clone()
+        return self._reader.get(key)
 
     def size_bytes(self):
         """Return the file size in bytes."""
         return self.path.stat().st_size
+
+    def close(self):
+        """Close the file and drop a pickle's tensors."""
+        if self._reader is not None:
+            self._reader.close()
+        self._tensors = None
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
 
 
 def _last_line(exc):
@@ -68,8 +74,30 @@ def _last_line(exc):
     return lines[-1] if lines else type(exc).__name__
 
 
+# What torch's weights-only unpickler says when a pickle wants more than tensors. The wording
+# changed across torch versions (2.13: "Unsupported global: GLOBAL x was not an allowed
+# global", "Trying to load unsupported GLOBAL posix.system whose module posix is blocked",
+# "Trying to call reduce for unrecognized function", "Can only build Tensor ...").
+_UNSAFE_GLOBAL = re.compile(r'GLOBAL (\S+)')
+_UNSAFE_WORDS = ('Unsupported global', 'unsupported GLOBAL', 'is blocked', 'call reduce',
+                 'Can only create new object', 'Can only build', 'allowlist')
+
+
+def unsafe_pickle_reason(message):
+    """Return what an unpickling error says the pickle references, or None when not unsafe.
+
+    :param message: the text of torch's ``UnpicklingError`` under ``weights_only=True``.
+    :return: e.g. ``'posix.system'``; ``'objects other than tensors'`` when unnamed.
+    """
+    if not any(word in message for word in _UNSAFE_WORDS):
+        return None
+    names = sorted({n.rstrip('.,') for n in _UNSAFE_GLOBAL.findall(message)})
+    return ', '.join(names) or 'objects other than tensors'
+
+
 def _load_pickle(path):
     """Load a ``.pth`` state dict with ``weights_only=True`` (never unsafe unpickling)."""
+    open_regular(path).close()  # a FIFO or device: an error, not a hang in torch.load
     try:
         try:
             data = torch.load(path, map_location='cpu', weights_only=True, mmap=True)
@@ -78,15 +106,15 @@ def _load_pickle(path):
                 raise
             data = torch.load(path, map_location='cpu', weights_only=True)
     except pickle.UnpicklingError as exc:
-        globals_needed = re.findall(r'Unsupported global: GLOBAL ([\w.]+)', str(exc))
-        if not globals_needed:
+        reason = unsafe_pickle_reason(str(exc))
+        if reason is None:
             raise WeightsError(
                 f'cannot read {path} as a PyTorch weights file ({_last_line(exc)}); the file '
                 'is probably truncated or corrupt: download it again') from None
         raise WeightsError(
-            f'{path} needs unsafe unpickling (it references {", ".join(globals_needed)}, not '
-            'only tensors); refusing to load it. Use the official Wan2.1_VAE.pth or a '
-            '.safetensors file') from None
+            f'{path} needs unsafe unpickling (it references {reason}, not only tensors); '
+            'refusing to load it. Use the official Wan2.1_VAE.pth or a .safetensors file') \
+            from None
     except Exception as exc:
         raise WeightsError(
             f'cannot read {path} as a PyTorch weights file ({_last_line(exc)}); '
@@ -99,7 +127,6 @@ def _load_pickle(path):
     return data
 
 
-
 def detect_layout(path):
     """Name the layout of ``path``: 'converted', 'release', 'vae-original' or 'vae-diffusers'.
 
@@ -107,13 +134,13 @@ def detect_layout(path):
     """
     path = Path(path)
     if path.is_dir():
-        if (path / META_FILE).is_file():
+        if os.path.lexists(path / META_FILE):  # reading it says what is wrong with it
             return 'converted'
         raise WeightsError(
             f'{path} is a folder without {META_FILE}; expected a folder written by '
             '`dvd-ros weights convert` or an official .safetensors file')
-    keys = list(TensorFile(path).keys())
-    return layout_of_keys(keys, path)
+    with TensorFile(path) as tensor_file:
+        return layout_of_keys(list(tensor_file.keys()), path)
 
 
 def layout_of_keys(keys, path):

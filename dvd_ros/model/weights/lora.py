@@ -56,11 +56,12 @@ def merge_lora(tensors, lora_alpha=None, dtype=torch.float32, merge=True, device
                     f'lora_A {tuple(down.shape)}, lora_B {tuple(up.shape)}')
             ranks.add(rank)
             scale = (rank if lora_alpha is None else float(lora_alpha)) / rank
-            on = device or weight.device
-            delta = up.to(on, torch.float64) @ down.to(on, torch.float64)
-            weight = weight.to(on, torch.float64) + scale * delta
-        weight = weight.to(dtype)
-        state[path + '.weight'] = weight.cpu() if device is not None else weight
+            weight = _merged(weight, up, down, scale, dtype, device)
+            del up, down
+        else:
+            weight = weight.to(dtype)
+        state[path + '.weight'] = weight
+        del weight
         if 'bias' in parts:
             state[path + '.bias'] = get(parts['bias']).to(dtype)
     orphans = set(loras) - set(bases)
@@ -74,3 +75,18 @@ def merge_lora(tensors, lora_alpha=None, dtype=torch.float32, merge=True, device
         'merged': bool(merge and ranks),
     }
     return state, info
+
+
+def _merged(weight, up, down, scale, dtype, device):
+    """Return ``weight + scale * up @ down`` computed in float64, as a new ``dtype`` tensor.
+
+    One pair at a time: the float64 temporaries (the base and the two factors) live only
+    inside this call, so the merge of the 1.3B model never holds more than one layer's.
+    """
+    on = device or weight.device
+    merged = weight.to(on, torch.float64)
+    del weight
+    merged.addmm_(up.to(on, torch.float64), down.to(on, torch.float64), alpha=scale)
+    out = merged.to(dtype)
+    del merged
+    return out.cpu() if device is not None else out

@@ -15,7 +15,8 @@ DIT_MARKER = 'pipe.dit.'
 VAE_MARKER = 'pipe.vae.model.'
 # Keys of the safetensors header metadata written by write_release_checkpoint.
 META_PREFIX = 'dvd_ros.'
-FORMAT_VERSION = 1
+# 2: dvd_ros.json carries the manifest (`files`: size and SHA-256 of every file it vouches for).
+FORMAT_VERSION = 2
 SHOW = 5  # how many offending names an error message lists
 
 # DiT: (DVD / Wan name prefix, diffusers name prefix). '{i}' is a block index. Entries
