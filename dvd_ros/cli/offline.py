@@ -21,6 +21,9 @@ EPILOG = """outputs (--outputs, comma separated):
   bag        bag/: the input topics plus <ns>/depth/{disparity,image,camera_info,points}
              with the input stamps (depth/image and points need metric)
 frames.csv (index, stamp_ns, log_time_ns, frame_id) is always written.
+
+exit status: 0 done; 1 incomplete (the input ended before its announced length: the
+frames before are written); 2 error; 130 interrupted (Ctrl-C).
 """
 
 
@@ -83,7 +86,11 @@ def add_parser(subparsers):
                         help='namespace of the depth topics in the output bag (default: the '
                              "image topic's namespace; /camera for video/folder)")
     parser.add_argument('--overwrite', action='store_true',
-                        help='replace outputs of a previous run in --out')
+                        help='replace outputs of a previous run in --out (only those this run '
+                             'writes, and only after every start-up check passed)')
+    parser.add_argument('--max-pixels', type=int, metavar='N',
+                        help='refuse input images or frames above N pixels before decoding '
+                             '(guards against decompression bombs; default: 100000000)')
     parser.add_argument('--no-progress', action='store_true', help='no progress bar')
     parser.set_defaults(func=run)
     return parser
@@ -128,29 +135,37 @@ def _config(args):
 
 
 def _summary(report):
-    state = 'interrupted' if report.interrupted else 'done'
-    lines = [f'{state}: {report.frames_written}/{report.frames_total} frames in '
+    lines = [f'{report.state}: {report.frames_written}/{report.frames_total} frames in '
              f'{report.seconds:.1f} s ({report.fps:.2f} frames/s, {report.windows} model windows'
              + (f', {report.frames_dropped} dropped' if report.frames_dropped else '') + ')']
     lines += [f'  {kind}: {path}' for kind, path in report.paths.items()]
     lines += [f'note: {note}' for note in report.notes]
+    if report.incomplete:
+        lines.append(f'incomplete: {report.incomplete}')
     return '\n'.join(lines)
 
 
 def run(args):
-    """Run the `offline` subcommand; returns the exit status."""
-    from dvd_ros.offline.pipeline import check_config, run_pipeline
-    from dvd_ros.offline.sources import open_source
+    """Run the `offline` subcommand; returns the exit status (see EPILOG)."""
+    from dvd_ros.offline.pipeline import check_start, run_pipeline
+    from dvd_ros.offline.sources import DEFAULT_MAX_PIXELS, SourceEndedEarly, open_source
     from dvd_ros.offline.writers import check_output_dir
 
     try:
         config = _config(args)
-        check_config(config)
+        max_pixels = DEFAULT_MAX_PIXELS if args.max_pixels is None else args.max_pixels
+        if max_pixels < 1:
+            raise InputError(f'--max-pixels must be >= 1, got {max_pixels}')
+        # Everything that can fail without the source or the model, before either is opened
+        # (and before --out is created).
+        check_start(config, args.input)
         check_output_dir(config.out_dir)
         source = open_source(args.input, topic=args.topic,
                              camera_info_topic=args.camera_info_topic, fps=args.fps,
-                             frame_id=args.frame_id)
+                             frame_id=args.frame_id, max_pixels=max_pixels)
         print(source.describe(), file=sys.stderr)
+        if getattr(source, 'shortfall', None):
+            print(f'warning: {source.shortfall}', file=sys.stderr)
         regressor = load_regressor(args)
         report = run_pipeline(source, regressor, config)
     except KeyboardInterrupt as exc:
@@ -158,11 +173,26 @@ def run(args):
         if report is not None:
             print(_summary(report), file=sys.stderr)
         raise
+    except SourceEndedEarly as exc:
+        report = getattr(exc, 'report', None)
+        if report is None:
+            raise CliError(str(exc)) from exc
+        print(_summary(report), file=sys.stderr)
+        return 1
     except (InputError, WeightsError, BackendUnavailable) as exc:
+        _print_report(exc)
         raise CliError(str(exc)) from exc
     except OSError as exc:
         # Disk full or permissions changed mid-run: the finished frames are valid files.
+        _print_report(exc)
         raise CliError(f'{exc}; free space or fix permissions under {args.out} and run '
                        'again (--overwrite)') from exc
     print(_summary(report), file=sys.stderr)
-    return 0
+    return 1 if report.incomplete else 0
+
+
+def _print_report(exc):
+    """Print the summary of a run that stopped on `exc` after its outputs were opened."""
+    report = getattr(exc, 'report', None)
+    if report is not None:
+        print(_summary(report), file=sys.stderr)

@@ -4,6 +4,10 @@ Non-causal by default (the reference `test_single_video.py` stitching, best qual
 `causal=True` the frames go through `StreamingDepth` exactly as the ROS node would publish
 them.  Frames are handed to the writers as soon as they are final, so memory stays bounded
 by one window and an interrupted run keeps every finished frame in valid files.
+
+Start-up is transactional (see `outputs.OutputPlan`): the input/output overlap, the folder
+lock, existing outputs, the bag's topics and the MP4 encoder are all checked before the old
+outputs this run replaces are removed.
 """
 
 from contextlib import contextmanager
@@ -19,7 +23,8 @@ import numpy as np
 
 from dvd_ros.errors import InputError
 from dvd_ros.offline import writers as out
-from dvd_ros.offline.sources import image_namespace
+from dvd_ros.offline.outputs import OutputPlan
+from dvd_ros.offline.sources import SourceEndedEarly, image_namespace
 
 DEFAULT_HFOV_DEG = 60.0
 
@@ -62,11 +67,24 @@ class OfflineReport:
     interrupted: bool = False
     paths: dict = field(default_factory=dict)
     notes: list = field(default_factory=list)
+    incomplete: str | None = None  # why the source ended before its announced length
+    error: str | None = None  # what stopped the run (with the exception that propagates)
 
     @property
     def fps(self):
         """Return written frames per second of wall time."""
         return self.frames_written / self.seconds if self.seconds > 0 else 0.0
+
+    @property
+    def state(self):
+        """Return 'interrupted', 'failed', 'incomplete' or 'done' (everything written)."""
+        if self.interrupted:
+            return 'interrupted'
+        if self.incomplete:
+            return 'incomplete'
+        if self.error:
+            return 'failed'
+        return 'done'
 
 
 class _Interrupts:
@@ -139,35 +157,86 @@ def check_config(config):
     check_window(config.window, config.overlap)
 
 
+def plan_outputs(config):
+    """Return the `OutputPlan` of `config` (the paths the run owns under `out_dir`)."""
+    return OutputPlan(config.out_dir, config.outputs)
+
+
+def check_start(config, input_path):
+    """Check what can be checked without the source: config, input/output overlap, outputs.
+
+    Touches nothing (the command line calls it before loading the model); `run_pipeline`
+    repeats it under the folder lock.
+    """
+    check_config(config)
+    plan = plan_outputs(config)
+    plan.check_input(input_path)
+    plan.check_existing(config.overwrite)
+    return plan
+
+
+def _bag_namespace(config, source):
+    if config.depth_namespace is not None:
+        return config.depth_namespace
+    return image_namespace(source.topic) if getattr(source, 'kind', '') == 'bag' else '/camera'
+
+
+def _preflight(config, source):
+    """Writer checks that need the source and must pass before old outputs are removed."""
+    if 'bag' in config.outputs and getattr(source, 'kind', '') == 'bag':
+        from dvd_ros.offline.sources import open_bag_reader
+
+        reader = open_bag_reader(source.path)
+        try:
+            out.check_topics_free(reader, out.depth_topics(_bag_namespace(config, source)))
+        finally:
+            reader.close()
+    size = getattr(source, 'size', None)
+    if 'mp4' in config.outputs and size is not None:
+        probe = Path(config.out_dir) / '.depth.probe.mp4'
+        video = out._mp4_writer(probe, source.fps, size)
+        try:
+            opened = video.isOpened()
+        finally:
+            video.release()
+            probe.unlink(missing_ok=True)
+        if not opened:
+            raise InputError(f'OpenCV cannot write MP4 {Path(config.out_dir) / "depth.mp4"}: '
+                             f'{out.mp4_failure_cause(probe, float(source.fps), size)}')
+
+
 def _make_writers(config, source, metric):
-    root = out.check_output_dir(config.out_dir)
-    writers = {'frames': out.FrameTableWriter(root, config.overwrite)}
+    root = Path(config.out_dir)
+    # The frame table is written last for each frame, so it lists only frames whose files
+    # exist (see run_pipeline).
+    writers = {}
     try:
         for kind in config.outputs:
             if kind == 'png16':
-                writers[kind] = out.Png16Writer(root, config.overwrite)
+                writers[kind] = out.Png16Writer(root)
             elif kind == 'npz':
-                writers[kind] = out.NpzWriter(root, config.overwrite)
+                writers[kind] = out.NpzWriter(root)
             elif kind == 'mp4':
-                writers[kind] = out.Mp4Writer(root, source.fps, config.overwrite, config.colormap)
+                writers[kind] = out.Mp4Writer(root, source.fps, colormap=config.colormap,
+                                              size=getattr(source, 'size', None))
             elif kind == 'ply':
-                writers[kind] = out.PlyWriter(root, config.overwrite)
+                writers[kind] = out.PlyWriter(root)
             elif kind == 'ply-fused':
-                writers[kind] = out.FusedPlyWriter(root, config.overwrite)
+                writers[kind] = out.FusedPlyWriter(root)
             elif kind == 'bag':
                 is_bag = getattr(source, 'kind', '') == 'bag'
-                namespace = config.depth_namespace
-                if namespace is None:
-                    namespace = image_namespace(source.topic) if is_bag else '/camera'
                 writers[kind] = out.BagWriter(
                     root / 'bag', storage=source.storage if is_bag else 'mcap',
-                    namespace=namespace, source_bag=source.path if is_bag else None,
-                    metric=metric, overwrite=config.overwrite)
+                    namespace=_bag_namespace(config, source),
+                    source_bag=source.path if is_bag else None, metric=metric)
+        writers['frames'] = out.FrameTableWriter(root)
     except BaseException:
         # No frame was written yet: drop what the writers made, so the corrected re-run
-        # does not stop on 'already exists' (every path was fresh, see _fresh_path).
+        # does not stop on 'already exists' (every path was fresh, see OutputPlan).
         try:
             _close_all(writers, complete=False)
+        except Exception:  # the first error is the one to report
+            pass
         finally:
             for writer in writers.values():
                 out.discard_output(writer.path)
@@ -253,17 +322,37 @@ def _stitched_causal(regressor, frames, config, stats_out):
 def run_pipeline(source, regressor, config, progress_file=None):
     """Process every frame of `source` and write the outputs of `config`.
 
+    Start-up checks (input/output overlap, the `out_dir` lock, existing outputs, writer
+    preflights) all pass before any old output is removed; see `outputs.OutputPlan`.
+
     :param source: a frame source (`sources.open_source`): iterable of `SourceFrame`, `len`,
         `fps`
     :param regressor: anything with `predict(uint8 (T, H, W, 3)) -> float32 (T, H, W)`
     :param config: `OfflineConfig`
     :param progress_file: stream of the progress bar (default stderr)
-    :return: `OfflineReport`; on Ctrl-C the outputs are closed (valid, finished frames only)
-        and KeyboardInterrupt propagates with `report` attached as `exc.report`
+    :return: `OfflineReport` (`state` 'done', or 'incomplete' when the source decoded fewer
+        frames than its container lists); on Ctrl-C or an error after the outputs were opened
+        they are closed (valid, finished frames only) and the exception propagates with the
+        report attached as `exc.report`
     """
+    check_config(config)
+    plan = plan_outputs(config)
+    plan.check_input(getattr(source, 'path', None))
+    out.check_output_dir(config.out_dir)
+    plan.lock()
+    try:
+        plan.check_existing(config.overwrite)
+        _preflight(config, source)
+        # Every start-up check passed: only now do the old outputs go.
+        plan.remove_old(config.overwrite)
+        return _run(source, regressor, config, progress_file)
+    finally:
+        plan.unlock()
+
+
+def _run(source, regressor, config, progress_file):
     from tqdm import tqdm
 
-    check_config(config)
     metric = config.metric is not None
     total = len(source) if config.max_frames is None else min(len(source), config.max_frames)
     report = OfflineReport(frames_total=total)
@@ -295,6 +384,7 @@ def run_pipeline(source, regressor, config, progress_file=None):
                file=progress_file, dynamic_ncols=True)
     started = time.perf_counter()
     complete = False
+    failed = False
     streaming = []
     results = None
     interrupts.install()
@@ -317,13 +407,26 @@ def run_pipeline(source, regressor, config, progress_file=None):
                                  'frame; it must return depth at the input resolution')
             result = _result(frame, disparity, config, geometry, needs_k, needs_points)
             with interrupts.critical():
+                # `writers` ends with the frame table: a frame is listed in frames.csv only
+                # after every other output holds it.
                 for writer in writers.values():
                     writer.write(result)
                 report.frames_written += 1
             bar.update(1)
         complete = True
     except KeyboardInterrupt as exc:
+        failed = True
         report.interrupted = True
+        exc.report = report
+        raise
+    except SourceEndedEarly as exc:
+        failed = True
+        report.incomplete = str(exc)
+        exc.report = report
+        raise
+    except Exception as exc:
+        failed = True
+        report.error = str(exc)
         exc.report = report
         raise
     finally:
@@ -333,17 +436,30 @@ def run_pipeline(source, regressor, config, progress_file=None):
             report.frames_dropped = report.frames_read - report.frames_written
         if results is not None and hasattr(results, 'close'):
             results.close()
+        close_error = None
         try:
             # A --max-frames run copies the input bag only up to its last frame, like an
             # interrupted one.
             with interrupts.critical():
                 _close_all(writers, complete and total == len(source))
+        except Exception as exc:
+            close_error = exc
         finally:
             interrupts.uninstall()
         _final_notes(report, writers)
         if streaming and streaming[0].stats.dropped:
             reasons = ', '.join(f'{k}: {v}' for k, v in streaming[0].stats.dropped.items())
             report.notes.append(f'the causal estimator dropped frames ({reasons})')
+        if close_error is not None:
+            if failed:  # the first failure propagates; this one must not hide it
+                report.notes.append(f'closing the outputs also failed: {close_error}')
+            else:
+                report.error = str(close_error)
+                close_error.report = report
+                raise close_error
+    shortfall = getattr(source, 'shortfall', None)
+    if shortfall and total == len(source):
+        report.incomplete = shortfall
     return report
 
 

@@ -7,10 +7,13 @@ order.  Errors name the offending file, topic or encoding and what to do about i
 
 from collections.abc import Iterator
 from dataclasses import dataclass
+import io
 import math
+import os
 from pathlib import Path
 import re
 import sqlite3
+import stat
 import struct
 
 import cv2
@@ -25,11 +28,83 @@ BAG_SUFFIXES = ('.mcap', '.db3')
 SUPPORTED_ENCODINGS = ('rgb8', 'bgr8', 'rgba8', 'bgra8', 'mono8', 'mono16')
 DEFAULT_FPS = 30.0
 DEFAULT_FRAME_ID = 'camera_optical_frame'
+# Largest image (width x height) decoded: a guard against decompression bombs (a tiny PNG or
+# JPEG that claims gigapixels); checked from the file header before decoding.  100 MP covers
+# 8K video and most camera sensors; --max-pixels raises it.
+DEFAULT_MAX_PIXELS = 100_000_000
 
 # Errors the rosbags readers (and the sqlite3 / MCAP parsing under them) raise on a damaged
 # file; they are turned into one InputError naming the bag.
 _BAG_READ_ERRORS = (OSError, sqlite3.Error, struct.error, ValueError, KeyError, IndexError,
                     EOFError, UnicodeDecodeError, TypeError, AttributeError)
+
+
+class SourceEndedEarly(InputError):
+    """The source yielded fewer frames than it announced (damaged or truncated recording)."""
+
+
+def _kind_of(mode):
+    kinds = ((stat.S_ISFIFO, 'a FIFO (named pipe)'), (stat.S_ISCHR, 'a character device'),
+             (stat.S_ISBLK, 'a block device'), (stat.S_ISSOCK, 'a socket'),
+             (stat.S_ISDIR, 'a directory'))
+    for test, name in kinds:
+        if test(mode):
+            return name
+    return 'not a regular file'
+
+
+def check_regular_file(path, what='input'):
+    """Raise InputError unless `path` is a regular file (a symlink to one is fine).
+
+    Opening a FIFO or a device would block or read forever instead of failing.
+    """
+    try:
+        mode = os.stat(path).st_mode
+    except OSError as exc:
+        raise InputError(f'cannot read {what} {path}: {exc.strerror or exc}') from exc
+    if not stat.S_ISREG(mode):
+        raise InputError(f'{what} {path} is {_kind_of(mode)}, not a regular file; pass a '
+                         'file (or folder) with the recorded data')
+
+
+def read_regular_file(path, limit, what='image'):
+    """Return the bytes of the regular file `path`, refusing FIFOs, devices and files > `limit`.
+
+    The file is opened non-blocking and checked on the open descriptor, so a file swapped for
+    a FIFO after it was listed cannot hang the read.
+    """
+    flags = os.O_RDONLY | getattr(os, 'O_NONBLOCK', 0) | getattr(os, 'O_BINARY', 0)
+    try:
+        fd = os.open(path, flags)
+    except OSError as exc:
+        raise InputError(f'cannot read {what} {path}: {exc.strerror or exc}') from exc
+    with os.fdopen(fd, 'rb') as fh:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            raise InputError(f'{what} {path} is {_kind_of(st.st_mode)}, not a regular file; '
+                             'remove it or replace it with the image file')
+        if st.st_size > limit:
+            raise InputError(f'{what} {path} is {st.st_size} bytes, more than {limit} bytes '
+                             'an image within the pixel limit can take; check the file or '
+                             'raise --max-pixels')
+        return fh.read(limit + 1)
+
+
+def check_pixels(width, height, max_pixels, what):
+    """Raise InputError when a `width` x `height` image is above `max_pixels` (before decoding).
+
+    :param what: names the image in the message
+    """
+    if max_pixels is not None and width * height > max_pixels:
+        raise InputError(f'{what} is {width}x{height} = {width * height} pixels, above the limit '
+                         f'of {max_pixels} pixels (a guard against decompression bombs); pass '
+                         f'--max-pixels {width * height} (max_pixels= in Python) if it is '
+                         'genuine')
+
+
+def _max_bytes(max_pixels):
+    # A PNG of incompressible RGBA16 data is ~8 bytes per pixel plus chunk overhead.
+    return 1 << 62 if max_pixels is None else 8 * max_pixels + (16 << 20)
 
 
 @dataclass(frozen=True)
@@ -71,15 +146,17 @@ def classify_input(path):
         raise InputError(f'input {str(path)!r} does not exist; pass a video file, an image '
                          'folder or a ROS 2 bag (directory, .mcap or .db3)')
     if path.is_dir():
-        if (path / 'metadata.yaml').is_file():
+        if (path / 'metadata.yaml').exists():
             return 'bag'
         return 'folder'
+    check_regular_file(path)
     if path.suffix.lower() in BAG_SUFFIXES:
         return 'bag'
     return 'video'
 
 
-def open_source(path, topic=None, camera_info_topic=None, fps=None, frame_id=None):
+def open_source(path, topic=None, camera_info_topic=None, fps=None, frame_id=None,
+                max_pixels=DEFAULT_MAX_PIXELS):
     """Open the right frame source for `path` (see `classify_input`).
 
     :param path: input path
@@ -87,17 +164,19 @@ def open_source(path, topic=None, camera_info_topic=None, fps=None, frame_id=Non
     :param camera_info_topic: CameraInfo topic of a bag (None: `<namespace>/camera_info`)
     :param fps: frame rate of a folder (video: from the file unless given)
     :param frame_id: header frame_id for video and folder frames
+    :param max_pixels: largest width x height decoded (None: no limit)
     :return: a `VideoSource`, `FolderSource` or `BagSource`
     """
     kind = classify_input(path)
     if kind == 'bag':
-        return BagSource(path, topic=topic, camera_info_topic=camera_info_topic)
+        return BagSource(path, topic=topic, camera_info_topic=camera_info_topic,
+                         max_pixels=max_pixels)
     if topic is not None or camera_info_topic is not None:
         raise InputError(f'--topic/--camera-info-topic apply to ROS 2 bags only, but {path} '
                          f'is a {kind}; drop the option')
     if kind == 'folder':
-        return FolderSource(path, fps=fps, frame_id=frame_id)
-    return VideoSource(path, fps=fps, frame_id=frame_id)
+        return FolderSource(path, fps=fps, frame_id=frame_id, max_pixels=max_pixels)
+    return VideoSource(path, fps=fps, frame_id=frame_id, max_pixels=max_pixels)
 
 
 def _check_fps(fps):
@@ -117,19 +196,24 @@ class VideoSource:
     """Frames of a video file decoded with OpenCV (BGR converted to RGB).
 
     The frame count is measured by grabbing every frame once, because container headers
-    (CAP_PROP_FRAME_COUNT) are often wrong and the stitching needs the exact length.
+    (CAP_PROP_FRAME_COUNT) are often wrong and the stitching needs the exact length.  When
+    decoding stops before the frame count the container lists (a damaged middle stops the
+    decoder), the decodable frames are processed and `shortfall` says what is missing.
     """
 
     kind = 'video'
 
-    def __init__(self, path, fps=None, frame_id=None):
+    def __init__(self, path, fps=None, frame_id=None, max_pixels=DEFAULT_MAX_PIXELS):
         self.path = Path(path)
         self.frame_id = frame_id or DEFAULT_FRAME_ID
+        check_regular_file(self.path)
         cap = self._open()
         try:
             width = int(cap.get(cv2.CAP_PROP_FRAME_WIDTH))
             height = int(cap.get(cv2.CAP_PROP_FRAME_HEIGHT))
+            check_pixels(width, height, max_pixels, f'video {self.path}')
             file_fps = cap.get(cv2.CAP_PROP_FPS)
+            listed = cap.get(cv2.CAP_PROP_FRAME_COUNT)
             count = 0
             while cap.grab():
                 count += 1
@@ -140,6 +224,13 @@ class VideoSource:
                              '`ffprobe` or convert it to MP4 (H.264)')
         self.size = (width, height)
         self.count = count
+        self.listed = int(listed) if math.isfinite(listed) and listed > 0 else None
+        self.shortfall = None
+        if self.listed is not None and self.listed > count:
+            self.shortfall = (f'video {self.path} lists {self.listed} frames but decoding '
+                              f'stopped after {count}: the file is damaged or truncated from '
+                              'there on (re-encode or repair it); only those frames were '
+                              'processed')
         given = _check_fps(fps)
         if given is not None:
             self.fps = given
@@ -170,8 +261,9 @@ class VideoSource:
             for index in range(self.count):
                 ok, bgr = cap.read()
                 if not ok:
-                    raise InputError(f'video {self.path} ended at frame {index} of {self.count} '
-                                     'on the second read; the file is damaged, re-encode it')
+                    raise SourceEndedEarly(f'video {self.path} ended at frame {index} of '
+                                           f'{self.count} on the second read; the file is '
+                                           'damaged, re-encode it')
                 if bgr.ndim == 2:
                     rgb = cv2.cvtColor(bgr, cv2.COLOR_GRAY2RGB)
                 else:
@@ -207,52 +299,87 @@ def _exif_transposes(segment):
     return False
 
 
-def _jpeg_size(path):
+def _jpeg_size(fh):
+    """Return (width, height) from the JPEG in the binary file object `fh`, or None."""
     # Walk the JPEG markers up to the first start-of-frame segment (holds height and width).
     # OpenCV decodes with the EXIF orientation applied, so a rotated file's size is swapped.
     transposed = False
-    with open(path, 'rb') as fh:
-        if fh.read(2) != b'\xff\xd8':
-            return None
-        while True:
+    if fh.read(2) != b'\xff\xd8':
+        return None
+    while True:
+        byte = fh.read(1)
+        while byte and byte != b'\xff':
             byte = fh.read(1)
-            while byte and byte != b'\xff':
-                byte = fh.read(1)
-            while byte == b'\xff':
-                byte = fh.read(1)
-            if not byte:
+        while byte == b'\xff':
+            byte = fh.read(1)
+        if not byte:
+            return None
+        marker = byte[0]
+        if marker in (0x01, 0xd8) or 0xd0 <= marker <= 0xd7:
+            continue
+        length_bytes = fh.read(2)
+        if len(length_bytes) < 2:
+            return None
+        (length,) = struct.unpack('>H', length_bytes)
+        if length < 2:  # a segment length counts its own two bytes
+            return None
+        if 0xc0 <= marker <= 0xcf and marker not in (0xc4, 0xc8, 0xcc):
+            segment = fh.read(5)
+            if len(segment) < 5:
                 return None
-            marker = byte[0]
-            if marker in (0x01, 0xd8) or 0xd0 <= marker <= 0xd7:
-                continue
-            length_bytes = fh.read(2)
-            if len(length_bytes) < 2:
-                return None
-            (length,) = struct.unpack('>H', length_bytes)
-            if length < 2:  # a segment length counts its own two bytes
-                return None
-            if 0xc0 <= marker <= 0xcf and marker not in (0xc4, 0xc8, 0xcc):
-                segment = fh.read(5)
-                if len(segment) < 5:
-                    return None
-                height, width = struct.unpack('>HH', segment[1:5])
-                return (height, width) if transposed else (width, height)
-            if marker == 0xe1 and not transposed:
-                transposed = _exif_transposes(fh.read(length - 2))
-                continue
-            fh.seek(length - 2, 1)
+            height, width = struct.unpack('>HH', segment[1:5])
+            return (height, width) if transposed else (width, height)
+        if marker == 0xe1 and not transposed:
+            transposed = _exif_transposes(fh.read(length - 2))
+            continue
+        fh.seek(length - 2, 1)
 
 
-def image_file_size(path):
-    """Return (width, height) of a PNG or JPEG file from its header, or None if unparsable."""
-    path = Path(path)
-    with open(path, 'rb') as fh:
-        head = fh.read(24)
+def image_bytes_size(data):
+    """Return (width, height) of PNG or JPEG bytes from their header, or None if unparsable."""
+    head = bytes(data[:24])
     if head.startswith(b'\x89PNG'):
         return _png_size(head)
     if head.startswith(b'\xff\xd8'):
-        return _jpeg_size(path)
+        return _jpeg_size(io.BytesIO(data))
     return None
+
+
+def image_file_size(path):
+    """Return (width, height) of a PNG or JPEG file from its header, or None if unparsable.
+
+    Only a regular file is read (InputError for a FIFO, device or directory), and only up to
+    the size fields.
+    """
+    flags = os.O_RDONLY | getattr(os, 'O_NONBLOCK', 0) | getattr(os, 'O_BINARY', 0)
+    try:
+        fd = os.open(path, flags)
+    except OSError as exc:
+        raise InputError(f'cannot read image {path}: {exc.strerror or exc}') from exc
+    with os.fdopen(fd, 'rb') as fh:
+        mode = os.fstat(fd).st_mode
+        if not stat.S_ISREG(mode):
+            raise InputError(f'{path} is {_kind_of(mode)}, not an image file; remove it')
+        head = fh.read(24)
+        if head.startswith(b'\xff\xd8'):
+            fh.seek(0)
+            return _jpeg_size(fh)
+    return _png_size(head) if head.startswith(b'\x89PNG') else None
+
+
+def decode_image_bytes(data, what, max_pixels, size=None):
+    """Decode PNG/JPEG bytes to BGR after checking the header's size against `max_pixels`.
+
+    :param data: the encoded bytes
+    :param what: names the image in messages
+    :param size: (width, height) already read from the header, if known
+    :return: (H, W, 3) uint8 BGR, or None when OpenCV cannot decode it
+    """
+    size = size or image_bytes_size(data)
+    if size is None:
+        raise InputError(f'{what} has no readable PNG or JPEG header; the data is damaged')
+    check_pixels(size[0], size[1], max_pixels, what)
+    return cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)
 
 
 def frame_order(path):
@@ -270,13 +397,19 @@ class FolderSource:
 
     kind = 'folder'
 
-    def __init__(self, path, fps=None, frame_id=None):
+    def __init__(self, path, fps=None, frame_id=None, max_pixels=DEFAULT_MAX_PIXELS):
         self.path = Path(path)
         self.frame_id = frame_id or DEFAULT_FRAME_ID
         self.fps = _check_fps(fps) or DEFAULT_FPS
-        self.files = sorted((p for p in self.path.iterdir()
-                             if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES),
-                            key=frame_order)
+        self.max_pixels = max_pixels
+        images = [p for p in self.path.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES]
+        for p in images:
+            # A FIFO or device named like an image would block or never end when read.
+            mode = os.stat(p).st_mode if p.exists() else 0
+            if not stat.S_ISREG(mode):
+                raise InputError(f'{p} is {_kind_of(mode)}, not an image file; remove it from '
+                                 f'{self.path}')
+        self.files = sorted(images, key=frame_order)
         if not self.files:
             raise InputError(f'image folder {self.path} holds no .png/.jpg/.jpeg files; point '
                              'INPUT at the folder with the frames')
@@ -287,6 +420,7 @@ class FolderSource:
                 raise InputError(f'{file} is not a readable PNG or JPEG image; remove it from '
                                  f'{self.path}')
             if self.size is None:
+                check_pixels(size[0], size[1], max_pixels, f'image {file}')
                 self.size = size
             elif size != self.size:
                 raise InputError(
@@ -304,7 +438,10 @@ class FolderSource:
 
     def __iter__(self) -> Iterator[SourceFrame]:
         for index, file in enumerate(self.files):
-            bgr = cv2.imread(str(file), cv2.IMREAD_COLOR)
+            # Read through a checked descriptor and re-check the header: the file may have
+            # been replaced since it was listed.
+            data = read_regular_file(file, _max_bytes(self.max_pixels))
+            bgr = decode_image_bytes(data, f'image {file}', self.max_pixels)
             if bgr is None:
                 raise InputError(f'cannot decode image {file}; the file is damaged, replace or '
                                  'remove it')
@@ -324,7 +461,7 @@ def image_namespace(topic):
     return '/'.join(parts[:-1])
 
 
-def image_msg_to_rgb(msg):
+def image_msg_to_rgb(msg, max_pixels=DEFAULT_MAX_PIXELS):
     """Convert a rosbags `sensor_msgs/msg/Image` to (H, W, 3) uint8 RGB.
 
     mono16 maps 0..65535 linearly to 0..255 (a fixed scale, so brightness cannot flicker
@@ -342,6 +479,7 @@ def image_msg_to_rgb(msg):
     if height <= 0 or width <= 0 or step < row_bytes or data.size < step * height:
         raise InputError(f'image message is inconsistent: {width}x{height} {msg.encoding} step '
                          f'{step} with {data.size} data bytes; the recording is damaged')
+    check_pixels(width, height, max_pixels, f'a {msg.encoding} Image message')
     rows = data[:step * height].reshape(height, step)[:, :row_bytes]
     if encoding == 'mono16':
         dtype = '>u2' if msg.is_bigendian else '<u2'
@@ -356,14 +494,17 @@ def image_msg_to_rgb(msg):
     return np.ascontiguousarray(pixels[:, :, :3])
 
 
-def compressed_msg_to_rgb(msg):
-    """Convert a rosbags `sensor_msgs/msg/CompressedImage` (jpeg/png) to (H, W, 3) uint8 RGB."""
+def compressed_msg_to_rgb(msg, max_pixels=DEFAULT_MAX_PIXELS):
+    """Convert a rosbags `sensor_msgs/msg/CompressedImage` (jpeg/png) to (H, W, 3) uint8 RGB.
+
+    The size in the PNG/JPEG header is checked against `max_pixels` before decoding.
+    """
     fmt = msg.format.lower()
     if 'compresseddepth' in fmt or not any(k in fmt for k in ('jpeg', 'jpg', 'png')):
         raise InputError(f'unsupported CompressedImage format {msg.format!r}; supported: jpeg, '
                          'png colour images (pick another --topic)')
     data = np.frombuffer(memoryview(msg.data), dtype=np.uint8)
-    bgr = cv2.imdecode(data, cv2.IMREAD_COLOR)
+    bgr = decode_image_bytes(data.tobytes(), f'a {msg.format!r} CompressedImage', max_pixels)
     if bgr is None:
         raise InputError(f'cannot decode a {msg.format!r} CompressedImage ({data.size} bytes); '
                          'the recording is damaged')
@@ -371,6 +512,24 @@ def compressed_msg_to_rgb(msg):
     if 'compressed rgb' in fmt:
         return np.ascontiguousarray(bgr)
     return cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
+
+
+def check_bag_files(path):
+    """Raise InputError when a bag (file or folder) holds anything but regular files and folders.
+
+    rosbags opens `metadata.yaml` and the storage files by name; a FIFO or device there would
+    block the reader forever.
+    """
+    path = Path(path)
+    if not path.is_dir():
+        check_regular_file(path, 'ROS 2 bag')
+        return
+    check_regular_file(path / 'metadata.yaml', 'bag metadata')
+    for entry in os.scandir(path):
+        mode = os.stat(entry.path).st_mode if os.path.exists(entry.path) else 0
+        if not (stat.S_ISREG(mode) or stat.S_ISDIR(mode)):
+            raise InputError(f'bag folder {path} holds {entry.name}, {_kind_of(mode)}; a rosbag2 '
+                             'folder holds regular files only (remove it)')
 
 
 def open_bag_reader(path):
@@ -383,6 +542,7 @@ def open_bag_reader(path):
     from rosbags.rosbag2.errors import ReaderError
 
     path = Path(path)
+    check_bag_files(path)
     try:
         reader = Reader(path)
         reader.open()
@@ -422,8 +582,10 @@ class BagSource:
 
     kind = 'bag'
 
-    def __init__(self, path, topic=None, camera_info_topic=None):
+    def __init__(self, path, topic=None, camera_info_topic=None,
+                 max_pixels=DEFAULT_MAX_PIXELS):
         self.path = Path(path)
+        self.max_pixels = max_pixels
         self.typestore = rosbags_typestore()
         reader = open_bag_reader(self.path)
         try:
@@ -514,8 +676,8 @@ class BagSource:
     def decode(self, msg):
         """Convert an image message of this topic to (H, W, 3) uint8 RGB."""
         if self.msgtype == 'sensor_msgs/msg/CompressedImage':
-            return compressed_msg_to_rgb(msg)
-        return image_msg_to_rgb(msg)
+            return compressed_msg_to_rgb(msg, self.max_pixels)
+        return image_msg_to_rgb(msg, self.max_pixels)
 
     def __iter__(self) -> Iterator[SourceFrame]:
         reader = open_bag_reader(self.path)
@@ -538,8 +700,9 @@ class BagSource:
                 yield SourceFrame(index, stamp, msg.header.frame_id, rgb, camera_info, log_time)
                 index += 1
             if index != self.count:
-                raise InputError(f'bag {self.path} yielded {index} of the {self.count} messages '
-                                 f'its index lists for {self.topic}; the bag is truncated '
-                                 '(repair it, e.g. `ros2 bag reindex`)')
+                raise SourceEndedEarly(
+                    f'bag {self.path} yielded {index} of the {self.count} messages its index '
+                    f'lists for {self.topic}; the bag is truncated (repair it, e.g. '
+                    '`ros2 bag reindex`)')
         finally:
             reader.close()

@@ -8,9 +8,11 @@ gets its header with the true vertex count.
 
 import csv
 from dataclasses import dataclass
+import math
 import os
 from pathlib import Path
 import shutil
+import zipfile
 
 import cv2
 import numpy as np
@@ -101,6 +103,13 @@ def _replace_atomically(tmp, dst):
     os.replace(tmp, dst)
 
 
+def _check_size(path, expected):
+    """Raise OSError unless the file `path` has `expected` bytes (a write cut short)."""
+    size = os.path.getsize(path)
+    if size != expected:
+        raise OSError(f'{path} has {size} of {expected} bytes (disk full?)')
+
+
 class FrameTableWriter:
     """`frames.csv`: index, header stamp, bag log time and frame_id of every written frame."""
 
@@ -121,8 +130,15 @@ class FrameTableWriter:
         self.count += 1
 
     def close(self, complete=True):
-        """Close the file."""
+        """Close the file and check it holds a row per written frame."""
+        if self._fh.closed:
+            return
         self._fh.close()
+        with open(self.path, encoding='utf-8', newline='') as fh:
+            rows = sum(1 for _ in csv.reader(fh)) - 1
+        if rows != self.count:
+            raise OSError(f'{self.path} holds {rows} rows for {self.count} written frames '
+                          '(disk full?)')
 
 
 class Png16Writer:
@@ -144,9 +160,14 @@ class Png16Writer:
 
     @staticmethod
     def _write_png(path, image):
+        from dvd_ros.offline.sources import image_file_size
+
         tmp = path.with_name(path.stem + '.tmp.png')
         if not cv2.imwrite(str(tmp), image):
             raise OSError(f'cannot write {tmp}')
+        h, w = image.shape[:2]
+        if image_file_size(tmp) != (w, h):
+            raise OSError(f'{tmp} was not written completely (disk full?)')
         _replace_atomically(tmp, path)
 
     def write(self, result):
@@ -197,6 +218,13 @@ class NpzWriter:
         dst = self.dir / (FRAME_NAME.format(f.index) + '.npz')
         tmp = dst.with_name(dst.stem + '.tmp.npz')
         np.savez(tmp, **arrays)
+        try:
+            with zipfile.ZipFile(tmp) as archive:
+                names = set(archive.namelist())
+        except (OSError, zipfile.BadZipFile) as exc:
+            raise OSError(f'{tmp} was not written completely ({exc}); disk full?') from exc
+        if names != {f'{k}.npy' for k in arrays}:
+            raise OSError(f'{tmp} holds {sorted(names)}, not the arrays written')
         _replace_atomically(tmp, dst)
         self.count += 1
 
@@ -204,41 +232,148 @@ class NpzWriter:
         """Nothing stays open between frames."""
 
 
+MP4_FOURCC = 'mp4v'
+
+
+def _mp4_writer(path, fps, size):
+    return cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*MP4_FOURCC), float(fps),
+                           (int(size[0]), int(size[1])))
+
+
+def mp4_failure_cause(path, fps, size):
+    """Return why OpenCV could not open an MP4 writer for `path` (it does not say itself).
+
+    Checked in order: an FFmpeg writer in this OpenCV build, the frame rate, the file itself
+    (folder missing or not writable, a directory in the way, disk full), the frame size (a
+    small probe video in the same folder tells a size problem from an encoder problem).
+
+    :param path: the file OpenCV was asked to write
+    :param fps: frames per second asked for
+    :param size: (width, height) asked for
+    :return: one sentence with the cause and the fix
+    """
+    path = Path(path)
+    backends = list(cv2.videoio_registry.getWriterBackends())
+    if cv2.CAP_FFMPEG not in backends:
+        names = ', '.join(cv2.videoio_registry.getBackendName(b) for b in backends) or 'none'
+        return (f'this OpenCV build has no FFmpeg video writer (writers: {names}); install '
+                'opencv-python-headless from PyPI or drop mp4 from --outputs')
+    if not (math.isfinite(fps) and fps > 0):
+        return f'the frame rate {fps} is not a positive number; pass --fps'
+    if path.is_dir():
+        return f'{path} is a directory; remove it or choose another --out'
+    try:
+        with open(path, 'ab'):
+            pass
+    except OSError as exc:
+        return f'{path} cannot be written ({exc.strerror or exc}); free space or fix permissions'
+    probe = path.with_name('.depth.probe.mp4')
+    writer = _mp4_writer(probe, fps, (64, 48))
+    try:
+        probe_ok = writer.isOpened()
+    finally:
+        writer.release()
+        probe.unlink(missing_ok=True)
+    width, height = size
+    if probe_ok:
+        return (f'the {MP4_FOURCC} encoder refuses {width}x{height} frames (MPEG-4 Part 2 '
+                'takes 2..8191 pixels per side); resize the input or drop mp4 from --outputs')
+    return (f"FFmpeg's {MP4_FOURCC} encoder did not start (see OpenCV's messages above); drop "
+            'mp4 from --outputs or reinstall opencv-python-headless')
+
+
+def count_video_frames(path, expected=None):
+    """Return the number of frames OpenCV reads back from the video `path` (0 if unreadable).
+
+    When the container lists `expected` frames and the last one decodes, that is the answer;
+    otherwise every frame is grabbed once (slow for long videos, but only on a mismatch).
+    """
+    cap = cv2.VideoCapture(str(path))
+    try:
+        if not cap.isOpened():
+            return 0
+        listed = cap.get(cv2.CAP_PROP_FRAME_COUNT)
+        if expected and listed == expected:
+            cap.set(cv2.CAP_PROP_POS_FRAMES, expected - 1)
+            if cap.grab():
+                return expected
+            cap.set(cv2.CAP_PROP_POS_FRAMES, 0)
+        count = 0
+        while cap.grab():
+            count += 1
+        return count
+    finally:
+        cap.release()
+
+
 class Mp4Writer:
     """Colorized disparity video (`depth.mp4`, mp4v) with a fixed 0..1 colour range.
 
     A fixed range (not per-frame min/max) keeps the colours of a surface steady, so flicker in
-    the video is flicker in the depth.
+    the video is flicker in the depth.  The video is written as `depth.tmp.mp4` and renamed
+    when `close` has read it back and found every written frame in it: OpenCV's `VideoWriter`
+    fails silently (a refused size, a full disk), so nothing is trusted unchecked.
+
+    :param size: (width, height) of the frames when known: the encoder is then started here,
+        so a failure is reported before any frame is processed
     """
 
-    def __init__(self, out_dir, fps, overwrite=False, colormap='turbo'):
+    def __init__(self, out_dir, fps, overwrite=False, colormap='turbo', size=None):
         from dvd_ros.colorize import colorize
 
         self._colorize = colorize
         self.path = _fresh_path(Path(out_dir) / 'depth.mp4', overwrite)
+        self._tmp = self.path.with_name('depth.tmp.mp4')
         self.fps = float(fps)
         self.colormap = colormap
         self._video = None
+        self._size = None
         self.count = 0
+        if size is not None:
+            self._open(size)
+
+    def _open(self, size):
+        self._tmp.unlink(missing_ok=True)
+        video = _mp4_writer(self._tmp, self.fps, size)
+        if not video.isOpened():
+            video.release()
+            self._tmp.unlink(missing_ok=True)
+            raise InputError(f'OpenCV cannot write MP4 {self.path}: '
+                             f'{mp4_failure_cause(self._tmp, self.fps, size)}')
+        self._video = video
+        self._size = tuple(size)
 
     def write(self, result):
         """Append one frame."""
         h, w = result.disparity.shape
         if self._video is None:
-            self._video = cv2.VideoWriter(str(self.path), cv2.VideoWriter_fourcc(*'mp4v'),
-                                          self.fps, (w, h))
-            if not self._video.isOpened():
-                raise InputError(f'OpenCV cannot write MP4 {self.path} (no mp4v encoder in this '
-                                 'OpenCV build); drop mp4 from --outputs')
+            if self._size is not None:
+                raise InputError(f'{self.path} is already closed')
+            self._open((w, h))
+        if (w, h) != self._size:
+            # VideoWriter drops a frame of another size without a word.
+            raise InputError(f'frame {result.frame.index} is {w}x{h} but {self.path} was '
+                             f'started at {self._size[0]}x{self._size[1]}; a video keeps one '
+                             'size')
         rgb = self._colorize(result.disparity, vmin=0.0, vmax=1.0, colormap=self.colormap)
         self._video.write(cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR))
         self.count += 1
 
     def close(self, complete=True):
-        """Finalise the container (writes the index OpenCV keeps until release)."""
-        if self._video is not None:
-            self._video.release()
-            self._video = None
+        """Finalise the container, check every frame is in it, then move it into place."""
+        if self._video is None:
+            return
+        self._video.release()
+        self._video = None
+        if self.count == 0:
+            self._tmp.unlink(missing_ok=True)
+            return
+        found = count_video_frames(self._tmp, self.count)
+        if found != self.count:
+            raise OSError(f'{self.path}: the video holds {found} of the {self.count} frames '
+                          'written (disk full, or the encoder failed); it was left as '
+                          f'{self._tmp.name}')
+        _replace_atomically(self._tmp, self.path)
 
 
 PLY_VERTEX_DTYPE = np.dtype([('x', '<f4'), ('y', '<f4'), ('z', '<f4'),
@@ -295,9 +430,11 @@ class PlyWriter:
         vertices = ply_vertices(result.points, result.point_rgb)
         dst = self.dir / (FRAME_NAME.format(result.frame.index) + '.ply')
         tmp = dst.with_name(dst.stem + '.tmp.ply')
+        header = ply_header(len(vertices))
         with open(tmp, 'wb') as fh:
-            fh.write(ply_header(len(vertices)))
+            fh.write(header)
             fh.write(vertices.tobytes())
+        _check_size(tmp, len(header) + vertices.nbytes)
         _replace_atomically(tmp, dst)
         self.count += 1
 
@@ -333,9 +470,11 @@ class FusedPlyWriter:
         self._fh.close()
         self._fh = None
         tmp = self.path.with_name('fused.tmp.ply')
+        header = ply_header(self.vertices)
         with open(tmp, 'wb') as dst, open(self._part, 'rb') as src:
-            dst.write(ply_header(self.vertices))
+            dst.write(header)
             shutil.copyfileobj(src, dst, 1 << 20)
+        _check_size(tmp, len(header) + self.vertices * PLY_VERTEX_DTYPE.itemsize)
         _replace_atomically(tmp, self.path)
         self._part.unlink()
 
@@ -410,6 +549,18 @@ def depth_topics(namespace):
                                                       'points')}
 
 
+def check_topics_free(reader, topics):
+    """Raise InputError when the open input bag `reader` already has one of the depth `topics`.
+
+    :param topics: `depth_topics(namespace)`
+    """
+    taken = set(topics.values())
+    for conn in reader.connections:
+        if conn.topic in taken:
+            raise InputError(f'input bag already has topic {conn.topic}; choose another '
+                             '--depth-namespace')
+
+
 class BagWriter:
     """A new rosbag2 with the input topics plus depth/disparity, image, camera_info, points.
 
@@ -481,12 +632,9 @@ class BagWriter:
         from dvd_ros.offline.sources import bag_messages, open_bag_reader
 
         self._reader = open_bag_reader(source_bag)
-        taken = set(self.topics.values())
+        check_topics_free(self._reader, self.topics)
         created = {}
         for conn in self._reader.connections:
-            if conn.topic in taken:
-                raise InputError(f'input bag already has topic {conn.topic}; choose another '
-                                 '--depth-namespace')
             key = (conn.topic, conn.msgtype)
             if key not in created:
                 qos = list(getattr(conn.ext, 'offered_qos_profiles', []) or [])
@@ -580,3 +728,25 @@ class BagWriter:
                 self._reader = None
             self._writer.close()
             self._writer = None
+        self._verify()
+
+    def _verify(self):
+        """Read the closed bag's index back: every message written must be listed."""
+        from dvd_ros.offline.sources import open_bag_reader
+
+        try:
+            reader = open_bag_reader(self.path)
+        except InputError as exc:
+            raise OSError(f'the bag written to {self.path} cannot be read back: {exc}') from exc
+        try:
+            found = {}
+            for conn in reader.connections:
+                found[conn.topic] = found.get(conn.topic, 0) + conn.msgcount
+        finally:
+            reader.close()
+        missing = {t: (n, found.get(t, 0)) for t, n in self.counts.items()
+                   if found.get(t, 0) != n}
+        if missing:
+            topic, (written, listed) = next(iter(missing.items()))
+            raise OSError(f'the bag {self.path} lists {listed} of the {written} messages '
+                          f'written on {topic} (disk full?)')
