@@ -30,6 +30,7 @@ from dvd_ros.ros import diagnostics, image_inputs, messages
 from dvd_ros.ros.params import STAND_IN_BACKEND, DepthParameters
 from dvd_ros.ros.shutdown import run_node
 from dvd_ros.ros.sync import StampBuffer, StampSync, stamp_ns
+from dvd_ros.stream.output_check import FiniteOutputGuard
 
 # Seconds between two log lines about the same problem (the count of repeats is kept).
 LOG_THROTTLE_S = 10.0
@@ -196,7 +197,8 @@ class DepthNode(Node):
 
     def _make_stream(self, p):
         from dvd_ros.stream.estimator import StreamingDepth
-        return StreamingDepth(self.regressor, *self.window, **p.stream_options())
+        self._guard = FiniteOutputGuard(self.regressor)
+        return StreamingDepth(self._guard, *self.window, **p.stream_options())
 
     def _backend_name(self):
         return str(getattr(self.regressor, 'backend_name', type(self.regressor).__name__))
@@ -348,6 +350,11 @@ class DepthNode(Node):
             model = messages.camera_model(info, rgb.shape[1], rgb.shape[0])
             if model.is_rectified:
                 return item, info
+            try:
+                geometry.check_plausible(geometry.PinholeIntrinsics.from_K(
+                    model.K, model.width, model.height))
+            except InputError:
+                return item, info  # no points: reported once where they are made (_camera)
             model.check_rectifiable()
             if mode == 'on' or not self._topic_rectified:
                 rgb = self._rectifier.remap(rgb, model)
@@ -705,6 +712,8 @@ class DepthNode(Node):
             'rectify': rectify,
             'frame_id override': p.frame_id or 'none',
             'metric hint samples rejected (out of range)': rejected,
+            'model windows non-finite (rejected / partial)': (f'{self._guard.rejected} / '
+                                                              f'{self._guard.partial}'),
             'depth/points': self._points_silent or 'publishing',
         }
 
