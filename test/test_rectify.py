@@ -148,7 +148,7 @@ def _render(u, v, k, d=None):
 
 
 def _expected_cloud(p):
-    """The true cloud in the rectified geometry of projection ``p`` (stand-in depth)."""
+    """Return the true cloud in the rectified geometry of projection ``p`` (stand-in depth)."""
     v, u = np.mgrid[0:NH, 0:NW].astype(np.float64)
     x, y = (u - p[0, 2]) / p[0, 0], (v - p[1, 2]) / p[1, 1]
     disparity = np.round(_brightness(x, y)) / 255.0
