@@ -112,6 +112,42 @@ class PinholeIntrinsics:
         return np.array([[self.fx, 0.0, self.cx], [0.0, self.fy, self.cy], [0.0, 0.0, 1.0]])
 
 
+# Plausible pinhole intrinsics relative to the image size: a focal length between 0.05 and
+# 100 times the larger side (a fisheye beyond 180 degrees to a 0.6 degree telephoto), pixels
+# at most 5:1 anamorphic, the principal point at most a quarter of the size outside the image.
+FOCAL_RANGE = (0.05, 100.0)
+ASPECT_MAX = 5.0
+CENTRE_MARGIN = 0.25
+
+
+def check_plausible(intrinsics):
+    """Raise :class:`InputError` unless ``intrinsics`` can be a real camera of their size.
+
+    :param intrinsics: :class:`PinholeIntrinsics` (finite by construction).
+    :raises InputError: naming the implausible value and the bound.
+    """
+    side = max(intrinsics.width, intrinsics.height)
+    low, high = FOCAL_RANGE[0] * side, FOCAL_RANGE[1] * side
+    for name, f in (('fx', intrinsics.fx), ('fy', intrinsics.fy)):
+        if not low <= f <= high:
+            raise InputError(f'{name} = {f:g} px is implausible for a {intrinsics.width}x'
+                             f'{intrinsics.height} image (expected {low:g} to {high:g}); is the '
+                             'CameraInfo for another resolution?')
+    if max(intrinsics.fx, intrinsics.fy) > ASPECT_MAX * min(intrinsics.fx, intrinsics.fy):
+        raise InputError(f'fx = {intrinsics.fx:g} and fy = {intrinsics.fy:g} differ by more '
+                         f'than {ASPECT_MAX:g}x; check the calibration')
+    for name, c, size in (('cx', intrinsics.cx, intrinsics.width),
+                          ('cy', intrinsics.cy, intrinsics.height)):
+        if not -CENTRE_MARGIN * size <= c <= (1 + CENTRE_MARGIN) * size:
+            raise InputError(f'{name} = {c:g} px lies far outside the {intrinsics.width}x'
+                             f'{intrinsics.height} image; check the calibration')
+
+
+def looks_optical(frame_id):
+    """Return True when ``frame_id`` names an optical frame (REP 103: ``*_optical_frame``)."""
+    return 'optical' in frame_id.lower()
+
+
 def disparity_to_depth(disparity, a, b, max_depth=math.inf):
     """Convert relative disparity to metric depth ``1 / (a * d + b)``.
 

@@ -113,6 +113,11 @@ class CameraModel:
 
     def check_rectifiable(self):
         """Raise :class:`InputError` when OpenCV cannot rectify this model."""
+        for name, m in (('K', self.K), ('P', self.rectified_matrix)):
+            if not (m[0, 0] > 0 and m[1, 1] > 0):
+                raise InputError(f'CameraInfo {name} has focal lengths fx={m[0, 0]:g}, '
+                                 f'fy={m[1, 1]:g}: the camera is not calibrated (calibrate it, '
+                                 'or set rectify off and fov_fallback_deg)')
         if self.distorted and self.distortion_model not in DISTORTION_MODELS:
             raise InputError(f'distortion model {self.distortion_model!r} cannot be rectified; '
                              f'supported: {", ".join(DISTORTION_MODELS)} (or publish a '

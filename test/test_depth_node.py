@@ -179,8 +179,8 @@ def test_every_output_layout(rig_factory):
         np.testing.assert_array_equal((rgb >> 16) & 255, frame(i)[..., 0])
 
 
-def test_disparity_only_by_default(rig_factory):
-    rig = rig_factory()
+def test_disparity_only_with_metric_mode_none(rig_factory):
+    rig = rig_factory(metric_mode='none')
     _send_all(rig, WINDOW)
     assert wait_for(lambda: rig.probe.count('depth/camera_info') >= WINDOW)
     time.sleep(0.2)
@@ -370,8 +370,8 @@ def _check_bad(rig, cause, text, mutate):
 
 def test_bad_unknown_encoding(rig_factory):
     rig = rig_factory()
-    _check_bad(rig, 'encoding', "unsupported image encoding 'yuv422'",
-               lambda m: setattr(m, 'encoding', 'yuv422'))
+    _check_bad(rig, 'encoding', "unsupported image encoding 'yuv444'",
+               lambda m: setattr(m, 'encoding', 'yuv444'))
 
 
 def test_bad_step_data_mismatch(rig_factory):

@@ -125,7 +125,7 @@ def test_overrides_and_clear_errors(context):
 
 
 def test_dynamic_changes_validated(context):
-    node = _node(context, metric_mode='fixed')
+    node = _node(context, metric_mode='fixed', metric_a=1.0, metric_b=0.0)
     try:
         params = DepthParameters(node)
         seen = []

@@ -124,3 +124,144 @@ def test_bad_models_are_refused_with_the_fix():
         CameraModel.from_arrays(W, H, K, (np.nan,) * 5, np.eye(3), np.zeros(12))
     with pytest.raises(InputError, match='CameraInfo is for 128x96'):
         Rectifier().remap(np.zeros((10, 10, 3), np.uint8), _pinhole(d=D))
+
+
+# --------------------------------------------------------------------------- in the depth node
+
+NH, NW = 48, 64  # node test image size
+NK = np.array([[40.0, 0.0, 31.5], [0.0, 42.0, 23.5], [0.0, 0.0, 1.0]])
+NA, NB = 0.8, 0.1  # fixed metric: 1/z = NA * disparity + NB
+
+
+def _brightness(x, y):
+    """Brightness of the scene along the ray (x, y, 1): a smooth function of the direction."""
+    return np.clip(128 + 60 * np.sin(3 * x) * np.cos(2 * y) + 30 * x, 0, 255)
+
+
+def _render(u, v, k, d=None):
+    """Render raw pixels (u, v) of a camera (K, plumb_bob D) looking at the scene, uint8 RGB."""
+    pts = np.stack([u.ravel(), v.ravel()], axis=-1).reshape(-1, 1, 2).astype(np.float64)
+    rays = cv2.undistortPoints(pts, k, np.zeros(5) if d is None else np.asarray(d))
+    x, y = rays[:, 0, 0].reshape(u.shape), rays[:, 0, 1].reshape(u.shape)
+    gray = np.round(_brightness(x, y)).astype(np.uint8)
+    return np.repeat(gray[:, :, None], 3, axis=2)
+
+
+def _expected_cloud(p):
+    """Return the true cloud in the rectified geometry of projection ``p`` (stand-in depth)."""
+    v, u = np.mgrid[0:NH, 0:NW].astype(np.float64)
+    x, y = (u - p[0, 2]) / p[0, 0], (v - p[1, 2]) / p[1, 1]
+    disparity = np.round(_brightness(x, y)) / 255.0
+    z = 1.0 / (NA * disparity + NB)
+    return np.stack([x * z, y * z, z], axis=-1)
+
+
+def _info_msg(hdr, d, p):
+    from sensor_msgs.msg import CameraInfo
+    info = CameraInfo(header=hdr, width=NW, height=NH, distortion_model='plumb_bob')
+    info.k = NK.reshape(-1).tolist()
+    info.d = list(d)
+    info.r = np.eye(3).reshape(-1).tolist()
+    info.p = np.asarray(p, np.float64).reshape(-1).tolist()
+    return info
+
+
+@pytest.fixture
+def node_cam():
+    pytest.importorskip('rclpy')
+    from ros_harness import make_context
+    from test_node_inputs import Cam
+    context = make_context()
+    made = []
+
+    def make(**kwargs):
+        made.append(Cam(context, metric_mode='fixed', metric_a=NA, metric_b=NB, **kwargs))
+        return made[-1]
+    yield make
+    for c in made:
+        c.close()
+    context.try_shutdown()
+
+
+def _run_camera(c, topic, d, p, n=5):
+    from ros_harness import header, image_msg
+    from sensor_msgs.msg import CameraInfo, Image
+    v, u = np.mgrid[0:NH, 0:NW].astype(np.float64)
+    raw = _render(u, v, NK, d)
+    headers = []
+    for i in range(n):
+        hdr = header(i, frame_id='cam_optical_frame')
+        c.publisher(CameraInfo, c.node._info_topic).publish(_info_msg(hdr, d, p))
+        c.publisher(Image, topic).publish(image_msg(raw, hdr))
+        headers.append(hdr)
+    return raw, headers
+
+
+def _outputs(c, hdr):
+    from dvd_ros.ros import messages
+    key = (hdr.stamp.sec, hdr.stamp.nanosec)
+    info = c.probe.by_stamp('depth/camera_info')[key]
+    depth = messages.image_to_array(c.probe.by_stamp('depth/image')[key])
+    cloud = messages.cloud_to_xyz(c.probe.by_stamp('depth/points')[key]).reshape(NH, NW, 3)
+    return info, depth, cloud
+
+
+def _depth_image_proc_cloud(depth, info):
+    """depth_image_proc's point_cloud_xyz: centre and focal length from P (image_geometry)."""
+    p = np.reshape(info.p, (3, 4))
+    v, u = np.mgrid[0:depth.shape[0], 0:depth.shape[1]]
+    return np.stack([(u - p[0, 2]) * depth / p[0, 0], (v - p[1, 2]) * depth / p[1, 1], depth],
+                    axis=-1)
+
+
+@pytest.mark.parametrize('p', [np.c_[NK, np.zeros(3)],
+                               np.array([[36.0, 0, 30.0, 0], [0, 36.0, 24.5, 0], [0, 0, 1, 0]])])
+def test_distorted_camera_in_the_node(node_cam, p):
+    from ros_harness import wait_for
+    d = (-0.25, 0.07, 0.001, -0.001, 0.0)
+    c = node_cam(cli_args=['--ros-args', '-r', 'image:=/cam/image_raw'])
+    _, headers = _run_camera(c, '/cam/image_raw', d, p)
+    assert wait_for(lambda: c.probe.count('depth/points') >= len(headers))
+    info, depth, cloud = _outputs(c, headers[0])
+    # depth/camera_info is the rectified model: no distortion, K from P.
+    np.testing.assert_allclose(np.reshape(info.k, (3, 3)), p[:, :3])
+    np.testing.assert_allclose(np.reshape(info.p, (3, 4)), p)
+    assert list(info.d) == [0.0] * 5 and np.allclose(np.reshape(info.r, (3, 3)), np.eye(3))
+    inner = (slice(6, -6), slice(8, -8))  # the rectified border the raw view does not cover
+    # The same cloud as an undistorted camera with projection P sees.
+    np.testing.assert_allclose(cloud[inner], _expected_cloud(p)[inner], rtol=0.02, atol=2e-3)
+    # depth_image_proc's formula (from P) on our depth and CameraInfo gives our cloud.
+    np.testing.assert_allclose(cloud, _depth_image_proc_cloud(depth, info), rtol=1e-5,
+                               atol=1e-6)
+    assert c.node._rectifier.builds == 1  # maps made once for the 5 frames
+
+
+def test_rect_topic_is_not_resampled_but_uses_p(node_cam):
+    from ros_harness import wait_for
+
+    from dvd_ros.ros import messages
+    from dvd_ros.ros.stand_in import disparity_of
+    d = (-0.25, 0.07, 0.001, -0.001, 0.0)
+    p = np.array([[36.0, 0, 30.0, 0], [0, 36.0, 24.5, 0], [0, 0, 1, 0]])
+    c = node_cam(cli_args=['--ros-args', '-r', 'image:=/cam/image_rect'])
+    raw, headers = _run_camera(c, '/cam/image_rect', d, p)
+    assert wait_for(lambda: c.probe.count('depth/points') >= len(headers))
+    info, depth, cloud = _outputs(c, headers[0])
+    key = (headers[0].stamp.sec, headers[0].stamp.nanosec)
+    disparity = messages.image_to_array(c.probe.by_stamp('depth/disparity')[key])
+    np.testing.assert_allclose(disparity, disparity_of(raw), atol=1e-6)  # pixels untouched
+    np.testing.assert_allclose(np.reshape(info.k, (3, 3)), p[:, :3])
+    np.testing.assert_allclose(cloud, _depth_image_proc_cloud(depth, info), rtol=1e-5,
+                               atol=1e-6)
+    assert c.node._rectifier.builds == 0
+
+
+def test_rectify_off_keeps_the_input_model(node_cam):
+    from ros_harness import wait_for
+    d = (-0.25, 0.07, 0.001, -0.001, 0.0)
+    p = np.c_[NK, np.zeros(3)]
+    c = node_cam(rectify='off')
+    _, headers = _run_camera(c, '/image', d, p)
+    assert wait_for(lambda: c.probe.count('depth/points') >= len(headers))
+    info, _, _ = _outputs(c, headers[0])
+    assert list(info.d) == list(d) and c.node._rectifier.builds == 0

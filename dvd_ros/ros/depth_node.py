@@ -15,19 +15,22 @@ import threading
 import time
 
 import cv2
-from diagnostic_msgs.msg import DiagnosticArray
+from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus
 import numpy as np
 from rclpy.node import Node
 from rclpy.qos import HistoryPolicy, QoSProfile, ReliabilityPolicy, qos_profile_sensor_data
-from sensor_msgs.msg import CameraInfo, Image, PointCloud2
+from sensor_msgs.msg import CameraInfo, CompressedImage, Image, PointCloud2
+from std_msgs.msg import Header
 
 from dvd_ros import geometry
 from dvd_ros.colorize import colorize
 from dvd_ros.errors import InputError
-from dvd_ros.ros import diagnostics, messages
+from dvd_ros.rectify import Rectifier, rectify_pixels
+from dvd_ros.ros import diagnostics, image_inputs, messages
 from dvd_ros.ros.params import STAND_IN_BACKEND, DepthParameters
 from dvd_ros.ros.shutdown import run_node
 from dvd_ros.ros.sync import StampBuffer, StampSync, stamp_ns
+from dvd_ros.stream.output_check import FiniteOutputGuard
 
 # Seconds between two log lines about the same problem (the count of repeats is kept).
 LOG_THROTTLE_S = 10.0
@@ -168,13 +171,7 @@ class DepthNode(Node):
                                if p.publish_confidence else None)
         self.pub_diagnostics = self.create_publisher(DiagnosticArray, '/diagnostics', 10)
 
-        self.create_subscription(Image, 'image', self._on_image, qos_profile_sensor_data)
-        self.create_subscription(CameraInfo, 'camera_info', self._on_info,
-                                 qos_profile_sensor_data)
-        if p.metric_mode == 'anchored':
-            hint_type = Image if p.hint_type == 'image' else PointCloud2
-            self.create_subscription(hint_type, 'metric_hint', self._on_hint,
-                                     qos_profile_sensor_data)
+        self._subscribe_inputs(p)
         self.create_timer(0.05, self._poll_sync)
         self.create_timer(p.diagnostics_period, self._publish_diagnostics)
 
@@ -186,8 +183,8 @@ class DepthNode(Node):
         self._worker.start()
         self.get_logger().info(
             f'depth node ready: backend {self._backend_name()}, window {self.window[0]}, overlap '
-            f'{self.window[1]}, metric {p.metric_mode}, subscribed to '
-            f'{self.resolve_topic_name("image")}')
+            f'{self.window[1]}, metric {p.metric_mode}, subscribed to {self._image_topic} '
+            f'({p.image_transport}) and {self._info_topic}')
 
     # ----------------------------------------------------------------------------- helpers
     def _new_sync(self, p):
@@ -200,7 +197,8 @@ class DepthNode(Node):
 
     def _make_stream(self, p):
         from dvd_ros.stream.estimator import StreamingDepth
-        return StreamingDepth(self.regressor, *self.window, **p.stream_options())
+        self._guard = FiniteOutputGuard(self.regressor)
+        return StreamingDepth(self._guard, *self.window, **p.stream_options())
 
     def _backend_name(self):
         return str(getattr(self.regressor, 'backend_name', type(self.regressor).__name__))
@@ -233,15 +231,77 @@ class DepthNode(Node):
             return len(self._queue)
 
     # ----------------------------------------------------------------------------- callbacks
+    def _subscribe_inputs(self, p):
+        # image_transport's conventions: the compressed stream is <image>/compressed and the
+        # CameraInfo the sibling <image dirname>/camera_info, unless camera_info is remapped.
+        self._image_topic = self.resolve_topic_name('image')
+        remapped = self.resolve_topic_name('camera_info')
+        if remapped != self.resolve_topic_name('camera_info', only_expand=True):
+            self._info_topic = remapped
+        else:
+            self._info_topic = self._image_topic.rsplit('/', 1)[0] + '/camera_info'
+        self._topic_rectified = 'rect' in self._image_topic.rsplit('/', 1)[-1]
+        self._rectifier = Rectifier()
+        self._remapped = StampBuffer(max(HINT_CAPACITY, self._stream.window + p.queue_size))
+        self._warned = set()
+        self._hint_rejected = 0
+        self._points_silent = ('metric_mode is none: depth/image and depth/points are off; set '
+                               'metric_mode fixed or anchored' if p.metric_mode == 'none'
+                               and p.publish_points else None)
+        self._decoder = None
+        if p.image_transport == 'compressed':
+            self._decoder = image_inputs.BackgroundDecoder(
+                self._decoded, capacity=min(p.queue_size, 4), name='image_decoder',
+                on_error=lambda exc: self.report('internal_error', 'decoding an image failed: '
+                                                 f'{type(exc).__name__}: {exc}'))
+            self.create_subscription(CompressedImage, self._image_topic + '/compressed',
+                                     self._on_image, qos_profile_sensor_data)
+        else:
+            self.create_subscription(Image, 'image', self._on_image, qos_profile_sensor_data)
+        self.create_subscription(CameraInfo, self._info_topic, self._on_info,
+                                 qos_profile_sensor_data)
+        if p.metric_mode == 'anchored':
+            if p.hint_transport == 'compressedDepth':
+                hint_type, hint_topic = CompressedImage, (self.resolve_topic_name('metric_hint')
+                                                          + '/compressedDepth')
+            else:
+                hint_type = Image if p.hint_type == 'image' else PointCloud2
+                hint_topic = 'metric_hint'
+            self.create_subscription(hint_type, hint_topic, self._on_hint,
+                                     qos_profile_sensor_data)
+
+    def warn_once(self, key, message):
+        """Log ``message`` the first time ``key`` is seen (assumptions, conventions)."""
+        with self._lock:
+            if key in self._warned:
+                return
+            self._warned.add(key)
+        self.get_logger().warning(message)
+
     def _on_image(self, msg):
         now = time.monotonic()
         with self.stats.lock:
             self.stats.input_rate.tick(now)
+        if self._decoder is not None:
+            # A JPEG/PNG decode takes milliseconds: off the executor thread, bounded, in order.
+            if self._decoder.submit((msg, now)):
+                self.report('decode_queue_full', 'decoding slower than the camera: dropped the '
+                            'oldest compressed image waiting to be decoded')
+            return
+        self._decoded((msg, now))
+
+    def _decoded(self, item):
+        msg, now = item
         try:
-            rgb = messages.image_to_rgb(msg)
+            if isinstance(msg, CompressedImage):
+                rgb = image_inputs.compressed_to_rgb(msg)
+            else:
+                rgb = image_inputs.camera_to_rgb(
+                    msg, warn=lambda text: self.warn_once(f'encoding {msg.encoding}', text))
         except messages.ImageError as exc:
             self.report(exc.cause, f'dropping image: {exc}')
             return
+        msg.header = self._output_header(msg.header)
         stamp = stamp_ns(msg.header.stamp)
         restart = False
         with self._lock:
@@ -269,15 +329,56 @@ class DepthNode(Node):
             return
         self._enqueue(ready)
 
+    def _output_header(self, header):
+        frame_id = self.parameters.current.frame_id
+        if frame_id:
+            header = Header(stamp=header.stamp, frame_id=frame_id)
+        if not geometry.looks_optical(header.frame_id):
+            self.warn_once(f'frame {header.frame_id}', f'frame_id {header.frame_id!r} does not '
+                           'look like an optical frame (REP 103: z forward, x right, y down; '
+                           'names end in _optical_frame): a cloud in a body frame shows '
+                           'rotated; set the frame_id parameter to the camera optical frame')
+        return header
+
+    def _rectified(self, item, info):
+        """Return ``(item, info)`` in the rectified geometry (``rectify`` parameter)."""
+        mode = self.parameters.current.rectify
+        if info is None or mode == 'off':
+            return item, info
+        header, rgb, received, restart = item
+        try:
+            model = messages.camera_model(info, rgb.shape[1], rgb.shape[0])
+            if model.is_rectified:
+                return item, info
+            try:
+                geometry.check_plausible(geometry.PinholeIntrinsics.from_K(
+                    model.K, model.width, model.height))
+            except InputError:
+                return item, info  # no points: reported once where they are made (_camera)
+            model.check_rectifiable()
+            if mode == 'on' or not self._topic_rectified:
+                rgb = self._rectifier.remap(rgb, model)
+                with self._lock:
+                    self._remapped.add(stamp_ns(header.stamp), model)
+        except InputError as exc:
+            self.report('rectify', f'cannot rectify, the image and CameraInfo are used as they '
+                        f'are: {exc}', drop=False)
+            return item, info
+        return (header, rgb, received, restart), messages.camera_info_of_model(
+            model.rectified(), info)
+
     def _on_info(self, msg):
         with self._lock:
             ready = self._sync.add_info(stamp_ns(msg.header.stamp), msg)
         self._enqueue(ready)
 
     def _on_hint(self, msg):
+        p = self.parameters.current
         try:
-            if isinstance(msg, Image):
-                depth = messages.image_to_depth(msg)
+            if isinstance(msg, (Image, CompressedImage)):
+                depth = (messages.image_to_depth(msg) if isinstance(msg, Image)
+                         else image_inputs.compressed_depth_to_metres(msg))
+                depth = self._plausible_hint(depth, p)
                 v, u = np.nonzero(np.isfinite(depth))
                 keep = _thin(v.size)
                 v, u = v[keep].astype(np.int32), u[keep].astype(np.int32)
@@ -285,12 +386,27 @@ class DepthNode(Node):
             else:
                 xyz = messages.cloud_to_xyz(msg)
                 xyz = xyz[np.isfinite(xyz).all(axis=1) & (xyz[:, 2] > 0)]
+                xyz = xyz[np.isfinite(self._plausible_hint(xyz[:, 2], p))]
                 hint = ('points', xyz[_thin(len(xyz))])
         except messages.ImageError as exc:
             self.report(f'hint_{exc.cause}', f'ignoring metric_hint: {exc}', drop=False)
             return
         with self._lock:
             self._hints.add(stamp_ns(msg.header.stamp), hint)
+
+    def _plausible_hint(self, depth, p):
+        """Return ``depth`` (metres) with samples outside the hint range set to NaN."""
+        with np.errstate(invalid='ignore'):
+            out = (depth < p.hint_min_depth) | (depth > p.hint_max_depth)
+        n = int(np.count_nonzero(out))
+        if not n:
+            return depth
+        with self._lock:
+            self._hint_rejected += n
+        self.report('hint_range', f'rejected {n} metric_hint samples outside [{p.hint_min_depth:g}'
+                    f', {p.hint_max_depth:g}] m (hint_min_depth / hint_max_depth): check the '
+                    'sensor and its units', drop=False)
+        return np.where(out, np.float32(np.nan), depth).astype(np.float32)
 
     def _poll_sync(self):
         with self._lock:
@@ -300,6 +416,7 @@ class DepthNode(Node):
     def _enqueue(self, pairs):
         if not pairs:
             return
+        pairs = [self._rectified(item, info) for item, info in pairs]
         dropped = 0
         with self._cond:
             for (header, rgb, received, restart), info in pairs:
@@ -390,6 +507,14 @@ class DepthNode(Node):
 
     # ----------------------------------------------------------------------------- outputs
     def _intrinsics(self, record, width, height, p):
+        return self._camera(record, width, height, p)[0]
+
+    def _camera(self, record, width, height, p):
+        """Return ``(intrinsics, CameraInfo to publish)`` of a frame; both None or both set.
+
+        The published CameraInfo is always the model the points use: the (rescaled) input
+        calibration, or the ``fov_fallback_deg`` pinhole when it is missing or implausible.
+        """
         info = record.info
         if info is not None:
             iw = info.width or width
@@ -397,14 +522,19 @@ class DepthNode(Node):
             try:
                 intr = geometry.PinholeIntrinsics.from_K(messages.camera_info_matrix(info),
                                                          iw, ih)
+                geometry.check_plausible(intr)
             except InputError as exc:
-                self.report('bad_camera_info', f'CameraInfo unusable, no points for this frame: '
-                            f'{exc}', drop=False)
+                then = ('using fov_fallback_deg' if p.fov_fallback_deg > 0
+                        else 'no points for this frame')
+                self.report('bad_camera_info', f'CameraInfo unusable, {then}: {exc}',
+                            drop=False)
             else:
-                return intr if (iw, ih) == (width, height) else intr.scaled(width, height)
+                intr = intr if (iw, ih) == (width, height) else intr.scaled(width, height)
+                return intr, messages.restamp_camera_info(info, record.header, intr)
         if p.fov_fallback_deg > 0:
-            return geometry.PinholeIntrinsics.from_fov(width, height, p.fov_fallback_deg)
-        return None
+            intr = geometry.PinholeIntrinsics.from_fov(width, height, p.fov_fallback_deg)
+            return intr, messages.camera_info_from_intrinsics(intr, record.header)
+        return None, None
 
     def _metric(self, p):
         if p.metric_mode == 'fixed':
@@ -425,12 +555,9 @@ class DepthNode(Node):
         if self.pub_colorized is not None:
             self.pub_colorized.publish(messages.array_to_image(
                 colorize(disparity, colormap=p.colormap), 'rgb8', header))
-        intrinsics = self._intrinsics(record, width, height, p)
-        if record.info is not None:
-            self.pub_info.publish(messages.restamp_camera_info(record.info, header,
-                                                               intrinsics))
-        elif intrinsics is not None:
-            self.pub_info.publish(messages.camera_info_from_intrinsics(intrinsics, header))
+        intrinsics, info = self._camera(record, width, height, p)
+        if info is not None:
+            self.pub_info.publish(info)
         metric = self._metric(p)
         if metric is not None:
             depth = geometry.disparity_to_depth(disparity, *metric)
@@ -440,10 +567,23 @@ class DepthNode(Node):
         elif p.metric_mode == 'anchored':
             self.report('no_metric_fit', 'anchored mode: no metric fit yet (no usable '
                         'metric_hint), depth/image and depth/points wait for one', drop=False)
+        self._points_silent = self._why_no_points(metric, intrinsics, p)
         now_ns = self.get_clock().now().nanoseconds
         with self.stats.lock:
             self.stats.output_rate.tick()
             self.stats.latency_s.add((now_ns - stamp_ns(header.stamp)) / 1e9)
+
+    def _why_no_points(self, metric, intrinsics, p):
+        if not p.publish_points:
+            return None
+        if metric is None:
+            return ('metric_mode is none: depth/image and depth/points are off; set metric_mode '
+                    'fixed or anchored' if p.metric_mode == 'none' else
+                    'anchored: no metric fit yet (no usable metric_hint samples)')
+        if intrinsics is None:
+            return (f'no usable CameraInfo on {self._info_topic} for the image stamps: publish '
+                    'it (or remap camera_info) or set fov_fallback_deg')
+        return None
 
     def _publish_points(self, depth, record, intrinsics, header, p):
         if intrinsics is None:
@@ -494,6 +634,16 @@ class DepthNode(Node):
         height, width = disparity.shape
         if kind == 'image':
             (hh, hw), v, u, z = data
+            with self._lock:
+                raw = self._remapped.find(stamp_ns(frame.stamp.header.stamp))
+            if raw is not None:
+                # The hint is registered to the raw image: move its samples as the pixels moved.
+                ur, vr = rectify_pixels((u + 0.5) * raw.width / hw - 0.5,
+                                        (v + 0.5) * raw.height / hh - 0.5, raw)
+                cols = np.round((ur + 0.5) * width / raw.width - 0.5).astype(np.int64)
+                rows = np.round((vr + 0.5) * height / raw.height - 0.5).astype(np.int64)
+                inside = (cols >= 0) & (cols < width) & (rows >= 0) & (rows < height)
+                return disparity[rows[inside], cols[inside]], z[inside]
             # A hint image of another size covers the same field of view.
             rows = np.minimum((v * height) // hh, height - 1)
             cols = np.minimum((u * width) // hw, width - 1)
@@ -531,6 +681,7 @@ class DepthNode(Node):
             extra['metric fit residual (1/m)'] = f'{fit.residual:.4g}'
             extra['metric fit inliers'] = f'{fit.inlier_fraction:.2f} of {fit.n}'
         extra.update(alignment_options(self._stream))
+        extra.update(self._input_diagnostics(p))
         if stream_stats.windows:
             extra['window alignment scale / shift'] = (
                 f'{stream_stats.last_scale:.4g} / {stream_stats.last_shift:.4g}')
@@ -540,9 +691,31 @@ class DepthNode(Node):
         status = diagnostics.status(
             self.get_fully_qualified_name(), self._hardware_id(), self.stats, extra,
             self.queue_length, p.queue_size, more_dropped=stream_stats.dropped)
+        if self._points_silent and status.level == DiagnosticStatus.OK:
+            status.level, status.message = DiagnosticStatus.WARN, self._points_silent
         msg = DiagnosticArray(status=[status])
         msg.header.stamp = self.get_clock().now().to_msg()
         self.pub_diagnostics.publish(msg)
+
+    def _input_diagnostics(self, p):
+        if p.rectify == 'off':
+            rectify = 'off'
+        elif p.rectify == 'auto' and self._topic_rectified:
+            rectify = 'auto: rectified topic, CameraInfo P used'
+        else:
+            rectify = f'{p.rectify}: {self._rectifier.builds} calibration(s) rectified'
+        with self._lock:
+            rejected = self._hint_rejected
+        return {
+            'image topic': f'{self._image_topic} ({p.image_transport})',
+            'camera_info topic': self._info_topic,
+            'rectify': rectify,
+            'frame_id override': p.frame_id or 'none',
+            'metric hint samples rejected (out of range)': rejected,
+            'model windows non-finite (rejected / partial)': (f'{self._guard.rejected} / '
+                                                              f'{self._guard.partial}'),
+            'depth/points': self._points_silent or 'publishing',
+        }
 
     def _hardware_id(self):
         return self.get_namespace().strip('/') or 'camera'
@@ -553,6 +726,8 @@ class DepthNode(Node):
         if self._worker is None:
             return True
         self._stop.set()
+        if self._decoder is not None:
+            self._decoder.stop(timeout)
         with self._cond:
             self._cond.notify_all()
         if self._worker.is_alive() and threading.current_thread() is not self._worker:

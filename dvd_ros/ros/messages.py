@@ -10,6 +10,7 @@ import numpy as np
 from sensor_msgs.msg import CameraInfo, Image, PointCloud2, PointField
 
 from dvd_ros.errors import InputError
+from dvd_ros.rectify import CameraModel
 
 # encoding -> (channels, dtype) of one pixel, as sensor_msgs/image_encodings.hpp defines them.
 ENCODINGS = {
@@ -215,6 +216,38 @@ def restamp_camera_info(info, header, intrinsics=None):
             p[row, 2] = (p[row, 2] + 0.5) * s - 0.5
             p[row, 3] *= s
         out.p = p.reshape(-1)
+    return out
+
+
+def camera_model(info, width, height):
+    """Return the :class:`~dvd_ros.rectify.CameraModel` of a CameraInfo.
+
+    :param info: sensor_msgs/CameraInfo.
+    :param width: image width, used when the CameraInfo has none (0).
+    :param height: image height, likewise.
+    :raises InputError: non-finite or malformed calibration.
+    """
+    return CameraModel.from_arrays(info.width or width, info.height or height, info.k, info.d,
+                                   info.r, info.p, info.distortion_model or 'plumb_bob')
+
+
+def camera_info_of_model(model, like):
+    """Build a CameraInfo of ``model`` with the header, binning and ROI of ``like``.
+
+    :param model: :class:`~dvd_ros.rectify.CameraModel`.
+    :param like: sensor_msgs/CameraInfo to take the other fields from.
+    :return: new sensor_msgs/CameraInfo.
+    """
+    out = CameraInfo()
+    out.header = like.header
+    out.width, out.height = int(model.width), int(model.height)
+    out.distortion_model = model.distortion_model
+    out.d = [float(c) for c in model.d]
+    out.k = np.array(model.k, dtype=np.float64)
+    out.r = np.array(model.r, dtype=np.float64)
+    out.p = np.array(model.p, dtype=np.float64)
+    out.binning_x, out.binning_y = like.binning_x, like.binning_y
+    out.roi = like.roi
     return out
 
 

@@ -40,6 +40,10 @@ DTYPES = ('auto', 'float32', 'float16', 'bfloat16')
 PRECISION_NAMES = ('fp32', 'fp16', 'bf16', 'fp8')
 # 'none' stands for the reference plain least squares (robust=False of StreamingDepth).
 ALIGN_ROBUST = ('none',) + ROBUST_METHODS
+# Camera input (image_inputs, rectify): image_transport's plugin names.
+IMAGE_TRANSPORTS = ('raw', 'compressed')
+HINT_TRANSPORTS = ('raw', 'compressedDepth')
+RECTIFY_MODES = ('auto', 'on', 'off')
 
 
 @dataclass(frozen=True)
@@ -168,18 +172,23 @@ DEPTH_PARAMETERS = (
     _p('confidence_tau', 0.05, 'window disagreement (disparity units) at which '
        'depth/confidence is 1/e', range=(0.0001, 10.0)),
     # Metric depth
-    _p('metric_mode', 'none', 'how relative disparity becomes metres: none (publish '
-       'disparity only), fixed (metric_a, metric_b), anchored (fit to metric_hint per window)',
-       choices=METRIC_MODES),
-    _p('metric_a', 1.0, 'fixed mode: inverse depth = metric_a * disparity + metric_b',
+    _p('metric_mode', 'fixed', 'how relative disparity becomes metres: none (publish '
+       'disparity only), fixed (metric_a, metric_b; the defaults are a room-scale guess), '
+       'anchored (fit to metric_hint per window)', choices=METRIC_MODES),
+    _p('metric_a', 1.9, 'fixed mode: inverse depth = metric_a * disparity + metric_b; the '
+       'defaults put disparity 1 (near) at 0.5 m and 0 (far) at 10 m',
        range=(-1.0e6, 1.0e6), dynamic=True, unit='1/m'),
-    _p('metric_b', 0.0, 'fixed mode: offset of the inverse depth', range=(-1.0e6, 1.0e6),
+    _p('metric_b', 0.1, 'fixed mode: offset of the inverse depth', range=(-1.0e6, 1.0e6),
        dynamic=True, unit='1/m'),
     _p('hint_type', 'image', 'message type of metric_hint: image (32FC1 m / 16UC1 mm, '
        'sparse, 0/NaN = none) or points (PointCloud2 in the camera optical frame)',
        choices=HINT_TYPES),
     _p('hint_min_samples', 20, 'anchored mode: fewest valid hint pixels for a new fit '
        '(otherwise the previous fit is kept)', range=(2, 10_000_000)),
+    _p('hint_min_depth', 0.05, 'metric_hint samples nearer than this are rejected (counted '
+       'on /diagnostics)', range=(0.0, 1.0e4), unit='m'),
+    _p('hint_max_depth', 300.0, 'metric_hint samples farther than this are rejected '
+       '(counted on /diagnostics); must be > hint_min_depth', range=(0.001, 1.0e6), unit='m'),
     # Outputs
     _p('max_range', 0.0, 'points farther than this are NaN; 0 = no limit', range=(0.0, 1.0e4),
        dynamic=True, unit='m'),
@@ -196,6 +205,17 @@ DEPTH_PARAMETERS = (
     _p('fov_fallback_deg', 0.0, 'horizontal field of view assumed for points when no valid '
        'CameraInfo arrives; 0 = off (no points without CameraInfo)', range=(0.0, 179.0),
        dynamic=True, unit='deg'),
+    # Camera input (docs/ros.md: compressed input, rectification, frames)
+    _p('image_transport', 'raw', 'raw (sensor_msgs/Image on image) or compressed '
+       '(CompressedImage JPEG/PNG on <image>/compressed, decoded off the executor thread)',
+       choices=IMAGE_TRANSPORTS),
+    _p('hint_transport', 'raw', 'metric_hint image transport: raw or compressedDepth '
+       '(<metric_hint>/compressedDepth, 16UC1 mm or 32FC1 m)', choices=HINT_TRANSPORTS),
+    _p('rectify', 'auto', 'lens distortion: auto (rectify when CameraInfo has distortion and '
+       'the image topic is not a *rect* topic), on (always resample to P), off (use the image '
+       'and K as they are); outputs are in the rectified geometry', choices=RECTIFY_MODES),
+    _p('frame_id', '', 'frame_id of every output (the camera optical frame, REP 103); empty '
+       "= the input image's frame_id"),
     # Transport
     _p('qos_reliability', 'reliable', 'reliability of the published topics',
        choices=RELIABILITIES),
@@ -244,6 +264,8 @@ class DepthParams:
     metric_b: float
     hint_type: str
     hint_min_samples: int
+    hint_min_depth: float
+    hint_max_depth: float
     max_range: float
     point_stride: int
     points_rgb: bool
@@ -253,6 +275,10 @@ class DepthParams:
     publish_confidence: bool
     colormap: str
     fov_fallback_deg: float
+    image_transport: str
+    hint_transport: str
+    rectify: str
+    frame_id: str
     qos_reliability: str
     qos_depth: int
     sync_tolerance: float
@@ -291,6 +317,12 @@ class DepthParams:
                              f'scale_clip_high ({self.scale_clip_high}); e.g. 0.7 and 1.5')
         if self.metric_mode == 'fixed':
             _check_fixed(self.metric_a, self.metric_b)
+        if self.hint_transport == 'compressedDepth' and self.hint_type != 'image':
+            raise InputError('parameter hint_transport compressedDepth carries depth images: it '
+                             f'needs hint_type image (got {self.hint_type!r})')
+        if self.hint_min_depth >= self.hint_max_depth:
+            raise InputError(f'parameter hint_min_depth ({self.hint_min_depth}) must be < '
+                             f'hint_max_depth ({self.hint_max_depth}); e.g. 0.05 and 300')
         return self
 
     def resolved_window(self, recommended):
