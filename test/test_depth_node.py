@@ -5,6 +5,7 @@ import os
 from pathlib import Path
 import subprocess
 import sys
+import threading
 import time
 
 import numpy as np
@@ -637,22 +638,24 @@ def test_stand_in_node_does_not_import_torch():
     assert out.stdout.split() == ['False', 'False']
 
 
-def test_real_model_built_from_parameters(rig_factory, tmp_path):
+def test_real_model_built_from_parameters(rig_factory, tmp_path, monkeypatch):
     """The node builds the real DepthRegressor from ``weights``/``backend`` (tiny random DiT)."""
     torch = pytest.importorskip('torch')
     tiny = pytest.importorskip('tiny_models')
 
     torch.set_num_threads(1)
     tiny.save_tiny_weights(tmp_path / 'weights')
-    import torch
-
-    threads = torch.get_num_threads()
-    try:
-        rig = rig_factory(backend='torch', weights=str(tmp_path / 'weights'), model_height=32,
-                          model_width=32, metric_mode='fixed', cpu_threads=3)
-        assert torch.get_num_threads() == 3  # cpu_threads reaches torch
-    finally:
-        torch.set_num_threads(threads)
+    # The worker loads the model and runs it: torch's thread count is set there (it is per
+    # thread under OpenMP), so record the call instead of reading it back here.
+    calls = []
+    real = torch.set_num_threads
+    monkeypatch.setattr(torch, 'set_num_threads',
+                        lambda n: (calls.append((n, threading.current_thread().name)),
+                                   real(n)))
+    rig = rig_factory(backend='torch', weights=str(tmp_path / 'weights'), model_height=32,
+                      model_width=32, metric_mode='fixed', cpu_threads=3)
+    assert rig.node.wait_ready(120)
+    assert calls == [(3, 'depth_node_worker')]  # cpu_threads reaches torch, in the worker
     assert rig.node.regressor.backend_name == 'torch'
     headers = _send_all(rig, WINDOW, period=0.05)
     assert wait_for(lambda: rig.probe.count('depth/points') >= WINDOW, timeout=120)

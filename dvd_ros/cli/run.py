@@ -129,7 +129,13 @@ def run(args):
     from rclpy.signals import SignalHandlerOptions
 
     from dvd_ros.errors import DvdError
-    from dvd_ros.ros.shutdown import ShutdownRequest, exit_now_if_busy, finish, spin_until_shutdown
+    from dvd_ros.ros.shutdown import (
+        ShutdownRequest,
+        exit_now_if_busy,
+        fatal_errors,
+        finish,
+        spin_until_shutdown,
+    )
 
     ros_args = ['dvd-ros']
     if args.params_file:
@@ -155,6 +161,9 @@ def run(args):
         for node in nodes:
             executor.add_node(node)
         spin_until_shutdown(executor, request, duration=args.duration)
+        errors = fatal_errors(nodes)
+        if errors:
+            raise CliError(errors[0])
     finally:
         clean = finish(nodes, executor, context)
     request.ignore_further()

@@ -1,9 +1,11 @@
 """The depth node: camera images in, disparity / metric depth / point clouds out.
 
-Callbacks only convert and queue; one worker thread runs the streaming estimator (and so the
-model), so a slow model never blocks the executor. The input queue is bounded and drops its
-OLDEST frame when full: the newest frames are the ones worth computing, and every drop is
-counted and reported on /diagnostics.
+Callbacks only convert and queue; one worker thread loads the model, then runs the streaming
+estimator (and so the model), so neither a slow load nor a slow model blocks the executor
+(services and /diagnostics answer meanwhile). The input queue is bounded and drops its OLDEST
+frame when full: the newest frames are the ones worth computing, and every drop is counted and
+reported on /diagnostics. When no frame arrives for ``flush_timeout`` seconds, the frames the
+stream still holds are finished and published.
 """
 
 from collections import deque
@@ -24,7 +26,7 @@ from std_msgs.msg import Header
 
 from dvd_ros import geometry
 from dvd_ros.colorize import colorize
-from dvd_ros.errors import InputError
+from dvd_ros.errors import DvdError, InputError
 from dvd_ros.rectify import Rectifier, rectify_pixels
 from dvd_ros.ros import diagnostics, image_inputs, messages
 from dvd_ros.ros.params import STAND_IN_BACKEND, DepthParameters
@@ -142,10 +144,14 @@ class DepthNode(Node):
         self._log_times = {}
         self._log_counts = {}
         self._lock = threading.Lock()
-        self.regressor = regressor if regressor is not None else build_regressor(p)
-        # (window, overlap) in frames: the parameters, or what the weights recommend.
-        self.window = p.resolved_window(getattr(self.regressor, 'recommended_window', None))
-        self._stream = self._make_stream(p)
+        # The model, its (window, overlap) and the stream: set by _attach, at once for an
+        # injected model, else by the worker once the model is loaded.
+        self.regressor = self.window = self._stream = None
+        self.load_error = None
+        self._loaded = threading.Event()
+        self._last_arrival = time.monotonic()
+        if regressor is not None:
+            self._attach(regressor, p)
         self._size = None
         self._fit = None  # anchored mode: the last geometry.MetricFit
         self._last_stamp = None
@@ -181,10 +187,54 @@ class DepthNode(Node):
         self._worker = threading.Thread(target=self._run, name=f'{node_name}_worker',
                                         daemon=True)
         self._worker.start()
+        if self._stream is not None:
+            self._log_ready()
+        else:
+            self.get_logger().info(f'loading the model (backend {p.backend}); images on '
+                                   f'{self.resolve_topic_name("image")} queue meanwhile')
+
+    def _log_ready(self):
+        p = self.parameters.current
         self.get_logger().info(
             f'depth node ready: backend {self._backend_name()}, window {self.window[0]}, overlap '
             f'{self.window[1]}, metric {p.metric_mode}, subscribed to {self._image_topic} '
             f'({p.image_transport}) and {self._info_topic}')
+
+    def _attach(self, regressor, p):
+        """Use ``regressor``: resolve the window, make the stream (raises InputError)."""
+        # (window, overlap) in frames: the parameters, or what the weights recommend.
+        window = p.resolved_window(getattr(regressor, 'recommended_window', None))
+        self.regressor, self.window = regressor, window
+        self._stream = self._make_stream(p)
+        with self._lock:
+            if getattr(self, '_hints', None) is not None:
+                self._hints.capacity = max(self._hints.capacity,
+                                           self._stream.window + p.queue_size)
+        self._loaded.set()
+
+    def _load(self):
+        """Build the model from the parameters (worker thread); return True when it is ready."""
+        p = self.parameters.current
+        start = time.monotonic()
+        try:
+            self._attach(build_regressor(p), p)
+        except Exception as exc:  # noqa: BLE001 - any load failure ends the node, said once
+            self.load_error = str(exc) if isinstance(exc, DvdError) else (
+                f'loading the model failed: {type(exc).__name__}: {exc}')
+            self.get_logger().error(self.load_error)
+            return False
+        self.get_logger().info(f'model loaded in {time.monotonic() - start:.1f} s')
+        self._log_ready()
+        return True
+
+    @property
+    def fatal_error(self):
+        """Return why the node cannot work (the model failed to load), or None."""
+        return self.load_error
+
+    def wait_ready(self, timeout=None):
+        """Wait until the model is loaded; return True when it is (False: timeout or error)."""
+        return self._loaded.wait(timeout) and self.load_error is None
 
     # ----------------------------------------------------------------------------- helpers
     def _new_sync(self, p):
@@ -192,7 +242,8 @@ class DepthNode(Node):
                          max_pending=max(8, p.queue_size))
 
     def _new_hints(self, p):
-        capacity = max(HINT_CAPACITY, self._stream.window + p.queue_size)
+        window = self._stream.window if self._stream is not None else 0
+        capacity = max(HINT_CAPACITY, window + p.queue_size)
         return StampBuffer(capacity, tolerance_ns=int(p.sync_tolerance * 1e9))
 
     def _make_stream(self, p):
@@ -201,6 +252,8 @@ class DepthNode(Node):
         return StreamingDepth(self._guard, *self.window, **p.stream_options())
 
     def _backend_name(self):
+        if self.regressor is None:
+            return self.parameters.current.backend
         return str(getattr(self.regressor, 'backend_name', type(self.regressor).__name__))
 
     def report(self, cause, message, drop=True):
@@ -419,6 +472,7 @@ class DepthNode(Node):
         pairs = [self._rectified(item, info) for item, info in pairs]
         dropped = 0
         with self._cond:
+            self._last_arrival = time.monotonic()
             for (header, rgb, received, restart), info in pairs:
                 self._queue.append(FrameRecord(header, info, rgb, received, restart))
                 if len(self._queue) > self.parameters.current.queue_size:
@@ -436,18 +490,44 @@ class DepthNode(Node):
 
     # ----------------------------------------------------------------------------- worker
     def _run(self):
+        if self._stream is None and not self._load():
+            return
         while not self._stop.is_set():
             with self._cond:
+                idle = False
                 while not self._queue and not self._stop.is_set():
-                    self._cond.wait(0.2)
+                    wait, idle = self._idle_wait()
+                    if idle:
+                        break
+                    self._cond.wait(wait)
                 if self._stop.is_set():
                     return
-                record = self._queue.popleft()
+                record = None if idle else self._queue.popleft()
             try:
+                if record is None:
+                    self._flush_idle()
+                    continue
                 self._process(record)
             except Exception as exc:  # noqa: BLE001 - a dead worker would silence the node
                 self.report('internal_error', f'processing a frame failed, it is dropped and '
                             f'the node goes on: {type(exc).__name__}: {exc}')
+
+    def _idle_wait(self):
+        """Return (seconds to wait for a frame, whether the stream is due for an idle flush)."""
+        timeout = self.parameters.current.flush_timeout
+        if timeout <= 0 or self._stream.stats.pending == 0:
+            return 0.2, False
+        left = self._last_arrival + timeout - time.monotonic()
+        return min(0.2, max(left, 0.0)), left <= 0
+
+    def _flush_idle(self):
+        # The camera stopped (or paused): the frames waiting for their window would otherwise
+        # never be published. The next frame starts a new stream.
+        held = self._stream.stats.pending
+        self._restart_stream()
+        self.get_logger().info(
+            f'no image for {self.parameters.current.flush_timeout:g} s: finished the stream '
+            f'({held} held frame(s) published); the next image starts a new one')
 
     def _process(self, record):
         p = self.parameters.current
@@ -667,12 +747,15 @@ class DepthNode(Node):
         p = self.parameters.current
         fit = self._fit
         metric = self._metric(p)
-        stream_stats = self._stream.stats
+        stream = self._stream  # None while the model loads
+        stream_stats = stream.stats if stream is not None else None
+        loaded = self.regressor is not None
         extra = {
             'backend': self._backend_name(),
-            'dtype': str(getattr(self.regressor, 'dtype', 'unknown')),
-            'device': str(getattr(self.regressor, 'device', 'unknown')),
-            'window / overlap': '{} / {}'.format(*self.window),
+            'dtype': str(getattr(self.regressor, 'dtype', 'unknown') if loaded else p.dtype),
+            'device': str(getattr(self.regressor, 'device', 'unknown') if loaded else p.device),
+            'window / overlap': ('{} / {}'.format(*self.window) if self.window is not None
+                                 else 'from the weights (loading)'),
             'metric mode': p.metric_mode,
             'metric scale a (1/m)': 'n/a' if metric is None else f'{metric[0]:.6g}',
             'metric shift b (1/m)': 'n/a' if metric is None else f'{metric[1]:.6g}',
@@ -680,9 +763,10 @@ class DepthNode(Node):
         if fit is not None:
             extra['metric fit residual (1/m)'] = f'{fit.residual:.4g}'
             extra['metric fit inliers'] = f'{fit.inlier_fraction:.2f} of {fit.n}'
-        extra.update(alignment_options(self._stream))
+        if stream is not None:
+            extra.update(alignment_options(stream))
         extra.update(self._input_diagnostics(p))
-        if stream_stats.windows:
+        if stream_stats is not None and stream_stats.windows:
             extra['window alignment scale / shift'] = (
                 f'{stream_stats.last_scale:.4g} / {stream_stats.last_shift:.4g}')
             extra['window alignment residual'] = f'{stream_stats.last_residual:.4g}'
@@ -690,7 +774,9 @@ class DepthNode(Node):
             extra['window alignment inliers'] = f'{stream_stats.last_inlier_fraction:.2f}'
         status = diagnostics.status(
             self.get_fully_qualified_name(), self._hardware_id(), self.stats, extra,
-            self.queue_length, p.queue_size, more_dropped=stream_stats.dropped)
+            self.queue_length, p.queue_size,
+            more_dropped=stream_stats.dropped if stream_stats is not None else None,
+            loading=stream is None and self.load_error is None, error=self.load_error)
         if self._points_silent and status.level == DiagnosticStatus.OK:
             status.level, status.message = DiagnosticStatus.WARN, self._points_silent
         msg = DiagnosticArray(status=[status])

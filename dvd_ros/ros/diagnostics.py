@@ -6,6 +6,10 @@ import time
 
 from diagnostic_msgs.msg import DiagnosticStatus, KeyValue
 
+# Share of the input frames of the last horizon that were dropped from which the status is
+# WARN (the model keeps up with at most every other frame); ERROR when all were.
+DROP_WARN_FRACTION = 0.5
+
 
 class RateMeter:
     """Events per second over the last ``horizon_s`` seconds (bounded memory)."""
@@ -66,12 +70,29 @@ class NodeStats:
 
     def __init__(self, clock=time.monotonic):
         self.lock = threading.Lock()
+        self.clock = clock
         self.input_rate = RateMeter(clock=clock)
         self.output_rate = RateMeter(clock=clock)
         self.latency_s = Recent()
         self.model_s = Recent()
         self.dropped = Counter()
         self.windows = 0
+        # (time, frames in, frames dropped) at each status: the counts of the last horizon.
+        self._totals = deque([(clock(), 0, 0)], maxlen=4096)
+
+    def recent(self, now, frames_in, dropped):
+        """Record the totals at ``now``; return (frames in, dropped) of the last horizon.
+
+        Call with the lock held. The baseline is the newest record at least one horizon old
+        (the first record, at start-up, until then).
+        """
+        horizon = self.input_rate.horizon_s
+        totals = self._totals
+        while len(totals) > 1 and now - totals[1][0] >= horizon:
+            totals.popleft()
+        _, in0, dropped0 = totals[0]
+        totals.append((now, frames_in, dropped))
+        return frames_in - in0, dropped - dropped0
 
     def drop(self, reason, n=1):
         """Count ``n`` frames dropped for ``reason``."""
@@ -86,8 +107,13 @@ class NodeStats:
 
 
 def status(name, hardware_id, stats, extra, queue_length, queue_size, more_dropped=None,
-           now=None):
+           now=None, loading=False, error=None):
     """Build the DiagnosticStatus of a depth node.
+
+    Levels: ERROR when the node failed (``error``) or every frame of the last horizon was
+    dropped (an unsupported encoding: nothing is published); WARN without input, or when at
+    least :data:`DROP_WARN_FRACTION` of the recent frames were dropped; OK otherwise, also
+    while the model loads.
 
     :param name: status name (the node's fully qualified name).
     :param hardware_id: e.g. the camera frame_id.
@@ -96,8 +122,12 @@ def status(name, hardware_id, stats, extra, queue_length, queue_size, more_dropp
     :param queue_length: frames waiting for the worker now.
     :param queue_size: the bound of that queue.
     :param more_dropped: ``{reason: count}`` of frames dropped elsewhere (the estimator).
+    :param now: the clock's time (default: now).
+    :param loading: the model is still loading (frames queue meanwhile).
+    :param error: why the node stopped working, or None.
     :return: diagnostic_msgs/DiagnosticStatus.
     """
+    now = stats.clock() if now is None else now
     with stats.lock:
         in_rate = stats.input_rate.rate(now)
         out_rate = stats.output_rate.rate(now)
@@ -105,6 +135,8 @@ def status(name, hardware_id, stats, extra, queue_length, queue_size, more_dropp
         dropped.update(more_dropped or {})
         # A cause counted with 0 frames (a time jump with no image pending) is no drop.
         dropped = +dropped
+        recent_in, recent_dropped = stats.recent(now, stats.input_rate.total,
+                                                 sum(dropped.values()))
         values = {
             'input rate (Hz)': f'{in_rate:.2f}',
             'output rate (Hz)': f'{out_rate:.2f}',
@@ -120,14 +152,26 @@ def status(name, hardware_id, stats, extra, queue_length, queue_size, more_dropp
         }
     values.update({f'dropped: {reason}': n for reason, n in sorted(dropped.items())})
     values.update(extra)
+    horizon = f'{stats.input_rate.horizon_s:.0f} s'
+    causes = ', '.join(sorted(dropped))
     level, message = DiagnosticStatus.OK, 'running'
-    if stats.input_rate.total == 0:
+    if error:
+        level, message = DiagnosticStatus.ERROR, error
+    elif loading:
+        message = 'loading the model (input frames queue meanwhile)'
+    elif stats.input_rate.total == 0:
         level, message = DiagnosticStatus.WARN, 'no input images yet'
+    elif recent_in > 0 and recent_dropped >= recent_in:
+        level = DiagnosticStatus.ERROR
+        message = f'every frame of the last {horizon} dropped, none published ({causes})'
     elif in_rate == 0.0:
-        level, message = DiagnosticStatus.WARN, ('no input images for '
-                                            f'{stats.input_rate.horizon_s:.0f} s')
+        level, message = DiagnosticStatus.WARN, f'no input images for {horizon}'
+    elif recent_in > 0 and recent_dropped >= DROP_WARN_FRACTION * recent_in:
+        level = DiagnosticStatus.WARN
+        message = (f'{recent_dropped} of {recent_in} frames of the last {horizon} dropped '
+                   f'({causes})')
     elif dropped:
-        message = f'running; {sum(dropped.values())} frames dropped ({", ".join(sorted(dropped))})'
+        message = f'running; {sum(dropped.values())} frames dropped ({causes})'
     return DiagnosticStatus(
         level=level, name=name, message=message, hardware_id=hardware_id,
         values=[KeyValue(key=str(k), value=str(v)) for k, v in values.items()])

@@ -226,6 +226,11 @@ DEPTH_PARAMETERS = (
        'without one', range=(0.0, 10.0), unit='s'),
     _p('diagnostics_period', 1.0, 'period of /diagnostics messages', range=(0.1, 60.0),
        unit='s'),
+    # Liveness
+    _p('flush_timeout', 1.0, 'when no image arrives for this long, the frames the stream '
+       'still holds (up to a window) are finished and published, and the next image starts '
+       'a new stream; keep it above the camera frame period; 0 = never', range=(0.0, 3600.0),
+       dynamic=True, unit='s'),
 )
 
 SPECS = {spec.name: spec for spec in DEPTH_PARAMETERS}
@@ -284,6 +289,7 @@ class DepthParams:
     sync_tolerance: float
     sync_timeout: float
     diagnostics_period: float
+    flush_timeout: float
 
     @classmethod
     def defaults(cls):

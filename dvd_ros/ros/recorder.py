@@ -76,6 +76,7 @@ def record_demo(camera_params, depth_params, frames, timeout, regressor=None, lo
     from rclpy.executors import MultiThreadedExecutor
     from rclpy.parameter import Parameter
 
+    from dvd_ros.errors import DvdError
     from dvd_ros.ros.depth_node import DepthNode
     from dvd_ros.ros.shutdown import finish
     from dvd_ros.ros.synthetic_camera import SyntheticCamera
@@ -98,10 +99,17 @@ def record_demo(camera_params, depth_params, frames, timeout, regressor=None, lo
         nodes.append(depth)
         recorder = _make_recorder(context, recording)
         nodes.append(recorder)
-        camera = SyntheticCamera(context=context, parameter_overrides=overrides(camera_params))
-        nodes.append(camera)
         for node in nodes:
             executor.add_node(node)
+        # The camera starts once the model is loaded (in the node's worker): no frame waits.
+        start = time.monotonic()
+        while not depth.wait_ready(0) and time.monotonic() - start < timeout:
+            if depth.fatal_error:
+                raise DvdError(depth.fatal_error)
+            executor.spin_once(timeout_sec=0.05)
+        camera = SyntheticCamera(context=context, parameter_overrides=overrides(camera_params))
+        nodes.append(camera)
+        executor.add_node(camera)
         start = time.monotonic()
         last_report = start
         while len(recording.complete_stamps()) < frames:

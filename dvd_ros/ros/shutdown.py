@@ -45,15 +45,28 @@ class ShutdownRequest:
 
 
 def spin_until_shutdown(executor, request, duration=None):
-    """Spin ``executor`` until a signal arrives, its context shuts down, or ``duration`` ends."""
+    """Spin ``executor`` until a signal, a context shutdown, ``duration``, or a node failure.
+
+    A node fails when :func:`fatal_errors` names it.
+    """
     end = None if duration is None else time.monotonic() + duration
     context = executor.context
     while not request.event.is_set() and context.ok():
         if end is not None and time.monotonic() >= end:
             break
+        if fatal_errors(executor.get_nodes()):
+            break
         # A short timeout keeps signal handling responsive (Python runs handlers between
         # bytecodes, not inside the C wait).
         executor.spin_once(timeout_sec=0.1)
+
+
+def fatal_errors(nodes):
+    """Return the ``fatal_error`` texts of the nodes that cannot work any more.
+
+    E.g. the model failed to load in the worker: the process then ends with status 2.
+    """
+    return [error for error in (getattr(node, 'fatal_error', None) for node in nodes) if error]
 
 
 def finish(nodes, executor, context):
@@ -112,6 +125,9 @@ def run_node(make_node, name, argv=None):
         node = make_node(context=context)
         executor.add_node(node)
         spin_until_shutdown(executor, request)
+        for error in fatal_errors([node]):
+            print(f'{name}: error: {error}', file=sys.stderr)
+            status = 2
     except DvdError as exc:
         print(f'{name}: error: {exc}', file=sys.stderr)
         status = 2
