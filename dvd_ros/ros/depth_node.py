@@ -1,9 +1,10 @@
 """The depth node: camera images in, disparity / metric depth / point clouds out.
 
-Callbacks only convert and queue; one worker thread runs the streaming estimator (and so the
-model), so a slow model never blocks the executor. The input queue is bounded and drops its
-OLDEST frame when full: the newest frames are the ones worth computing, and every drop is
-counted and reported on /diagnostics.
+Callbacks only convert and queue; one worker thread feeds the streaming pipeline
+(``stream.pipeline.StreamPipeline``: the model on one thread, alignment and publishing of the
+previous window on another), so a slow model never blocks the executor. The input queue is
+bounded and drops its OLDEST frame when full: the newest frames are the ones worth computing,
+and every drop is counted and reported on /diagnostics.
 """
 
 from collections import deque
@@ -181,6 +182,10 @@ class DepthNode(Node):
         if p.metric_mode == 'none' and p.publish_points:
             self.get_logger().info('metric_mode is none: depth/image and depth/points stay '
                                    'silent; set metric_mode fixed or anchored for metres')
+        from dvd_ros.stream.pipeline import StreamPipeline
+        # The model runs window k+1 while window k is aligned and published (_deliver).
+        self._pipeline = StreamPipeline(self._stream, self._deliver, on_error=self._stream_error,
+                                        input_capacity=2, name=node_name)
         self._worker = threading.Thread(target=self._run, name=f'{node_name}_worker',
                                         daemon=True)
         self._worker.start()
@@ -348,32 +353,35 @@ class DepthNode(Node):
                         'current window and restarting the stream', drop=False)
             self._restart_stream()
         self._size = rgb.shape[:2]
-        windows_before = self._stream.stats.windows
         try:
-            out = self._stream.push(rgb, record)
-        except Exception as exc:  # noqa: BLE001 - the node must outlive one bad window
-            # The stream counts the frames it lost (reason model_error / invalid).
-            self.report('model_error', f'model window failed, its frames are dropped and the '
-                        f'stream restarts: {type(exc).__name__}: {exc}', drop=False)
-            return
-        stream_stats = self._stream.stats
-        if stream_stats.windows != windows_before:
-            with self.stats.lock:
-                self.stats.windows = stream_stats.windows
-                self.stats.model_s.add(stream_stats.last_model_seconds)
-        self._publish_all(out)
+            self._pipeline.push(rgb, record, arrival=record.received)
+        except InputError as exc:
+            # The stream counts the frame (reason invalid).
+            self.report('model_error', f'frame rejected by the stream: {exc}', drop=False)
 
     def _restart_stream(self):
-        try:
-            frames = self._stream.flush()
-        except Exception as exc:  # noqa: BLE001 - the node must outlive one bad window
-            # The stream counted the tail it lost (reason model_error) and starts over anyway.
-            self.report('model_error', f'model window failed while finishing the stream, its '
-                        f'frames are dropped: {type(exc).__name__}: {exc}', drop=False)
-            frames = []
-        self._publish_all(frames)
-        self._stream.reset()
+        # The tail goes through _deliver like any window; a model failure reaches
+        # _stream_error (the stream counts the frames it lost and starts over anyway).
+        self._pipeline.flush(wait=True)
         self._fit = None
+
+    def _deliver(self, frames):
+        """Publish the frames one window made final (the pipeline's finishing thread)."""
+        stream_stats = self._stream.stats
+        with self.stats.lock:
+            if stream_stats.windows != self.stats.windows:
+                self.stats.windows = stream_stats.windows
+                self.stats.model_s.add(stream_stats.last_model_seconds)
+        self._publish_all(frames)
+
+    def _stream_error(self, exc, stage):
+        if stage == 'model':
+            # The stream counts the frames it lost (reason model_error / size_mismatch).
+            self.report('model_error', f'model window failed, its frames are dropped and the '
+                        f'stream restarts: {type(exc).__name__}: {exc}', drop=False)
+        else:
+            self.report('internal_error', f'finishing a window failed ({stage}), its frames '
+                        f'are lost and the node goes on: {type(exc).__name__}: {exc}')
 
     def _publish_all(self, frames):
         if not frames:
@@ -522,7 +530,10 @@ class DepthNode(Node):
             'backend': self._backend_name(),
             'dtype': str(getattr(self.regressor, 'dtype', 'unknown')),
             'device': str(getattr(self.regressor, 'device', 'unknown')),
-            'window / overlap': '{} / {}'.format(*self.window),
+            'window / overlap': f'{self.window[0]} / {stream_stats.overlap}',
+            'overlap mode': ('fixed' if self._stream.controller is None else
+                             f'auto in [{self._stream.controller.overlap_min}, '
+                             f'{self._stream.window - 1}]'),
             'metric mode': p.metric_mode,
             'metric scale a (1/m)': 'n/a' if metric is None else f'{metric[0]:.6g}',
             'metric shift b (1/m)': 'n/a' if metric is None else f'{metric[1]:.6g}',
@@ -555,9 +566,11 @@ class DepthNode(Node):
         self._stop.set()
         with self._cond:
             self._cond.notify_all()
+        # Wakes a worker waiting to push; a window already in the model still ends first.
+        pipeline_ended = self._pipeline.cancel(timeout)
         if self._worker.is_alive() and threading.current_thread() is not self._worker:
             self._worker.join(timeout)
-        return not self._worker.is_alive()
+        return pipeline_ended and not self._worker.is_alive()
 
     def destroy_node(self):
         """Stop the worker, then destroy the node."""
