@@ -204,7 +204,7 @@ def test_cancel_while_the_model_runs_unblocks_the_producer():
     producer.join(GATE_S)
     assert not producer.is_alive() and results.count(False) >= 1  # push returned, not hung
     gate.set()
-    assert pipe.pipeline.join(GATE_S)
+    assert pipe.join(GATE_S)
     st = sd.stats
     assert st.dropped.get('shutdown', 0) + st.dropped.get('closed', 0) >= 1
     assert st.pushed == st.emitted + st.dropped_total + st.pending

@@ -566,10 +566,12 @@ class DepthNode(Node):
         self._stop.set()
         with self._cond:
             self._cond.notify_all()
+        deadline = time.monotonic() + timeout
         # Wakes a worker waiting to push; a window already in the model still ends first.
-        pipeline_ended = self._pipeline.cancel(timeout)
+        self._pipeline.cancel(timeout=0.0)
         if self._worker.is_alive() and threading.current_thread() is not self._worker:
             self._worker.join(timeout)
+        pipeline_ended = self._pipeline.join(max(0.0, deadline - time.monotonic()))
         return pipeline_ended and not self._worker.is_alive()
 
     def destroy_node(self):

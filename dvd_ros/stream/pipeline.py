@@ -392,6 +392,10 @@ class StreamPipeline:
             self.streaming.note_dropped('shutdown', frames)
         return ended
 
+    def join(self, timeout=None):
+        """Wait for the threads after :meth:`close` or :meth:`cancel`; True when they ended."""
+        return self.pipeline.join(timeout)
+
     # -- stages -----------------------------------------------------------------------------
 
     def _model_stage(self, item):
