@@ -276,6 +276,20 @@ def test_alignment_options_reach_stream_and_diagnostics(rig_factory):
     assert values['window alignment scale clipped'] in ('true', 'false')
 
 
+def test_auto_overlap_reported_on_diagnostics(rig_factory):
+    # A 0.3 s model cannot keep up with 9-frame windows at this camera rate (it would need
+    # 0.3 s * rate * 1.25 > 9 new frames per window): auto falls to overlap_min.
+    rig = rig_factory(regressor=StandInRegressor(delay=0.3), window=9, overlap=-1,
+                      overlap_mode='auto', overlap_min=2)
+    assert (rig.node._stream.overlap_mode, rig.node._stream.overlap) == ('auto', 4)
+    _send_all(rig, 9)
+    assert wait_for(lambda: _diagnostics(rig).get('windows run') == '1', timeout=10)
+    values = _diagnostics(rig)
+    assert values['overlap mode'] == 'auto in [2, 8]'
+    assert values['window / overlap'] == '9 / 2'
+    assert rig.node._stream.stats.overlap == 2
+
+
 def test_bad_alignment_option_stops_the_node(context):
     for params, message in [({'align_robust': 'trimmed'},
                              'align_robust must be one of none, huber, tukey, trim'),

@@ -162,6 +162,14 @@ def test_window_follows_the_weights_unless_set():
     assert replace(defaults, window=25, overlap=3).resolved_window(5) == (25, 3)
     with pytest.raises(InputError, match=r'overlap \(9\) must be smaller than window \(5\)'):
         replace(defaults, overlap=9).resolved_window(5)
+    auto = replace(defaults, overlap_mode='auto', overlap_min=6)
+    assert auto.resolved_window(None) == (9, 6)  # -1 starts at overlap_min when above (W-1)/2
+    assert replace(auto, overlap_min=2).resolved_window(None) == (9, 4)
+    with pytest.raises(InputError, match=r'overlap \(3\).*below overlap_min \(6\)'):
+        replace(auto, overlap=3).resolved_window(None)
+    with pytest.raises(InputError, match=r'overlap_min \(9\) must be smaller than window'):
+        replace(auto, overlap_min=9).resolved_window(None)
+    assert 'must be one of' in SPECS['overlap_mode'].check('adaptive')
     assert 'must be a double' in SPECS['max_range'].check('far')
     assert 'finite' in SPECS['metric_a'].check(float('nan'))
 
@@ -179,7 +187,7 @@ def test_stream_options_map_to_streaming_depth():
     assert custom.stream_options() == {
         'policy': 'blend', 'scale_clip': (0.5, 2.0), 'robust': 'tukey', 'symmetric': False,
         'flush_mode': 'pad', 'drift_strength': 0.01, 'drift_horizon': 3,
-        'confidence_tau': 0.1}
+        'confidence_tau': 0.1, 'overlap_mode': 'fixed', 'overlap_min': 1}
     stream = StreamingDepth(_Predictor(), 5, 2, **custom.stream_options())
     assert (stream.robust, stream.scale_clip, stream.drift_horizon) == ('tukey', (0.5, 2.0), 3)
 

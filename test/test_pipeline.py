@@ -30,8 +30,8 @@ def sequential(sd, items):
 
 def pipelined(sd, items, **kwargs):
     out, errors = [], []
-    pipe = StreamPipeline(sd, out.extend, on_error=lambda e: errors.append(type(e).__name__),
-                          **kwargs)
+    pipe = StreamPipeline(sd, out.extend,
+                          on_error=lambda e, stage: errors.append(type(e).__name__), **kwargs)
     for item in items:
         if isinstance(item, str):
             assert (pipe.flush() if item == 'flush' else pipe.reset())
@@ -133,12 +133,12 @@ def test_resize_raise_and_sink_errors_go_to_on_error():
             raise ValueError('publisher gone')
 
     sd = StreamingDepth(Oracle(0), 13, 4, on_resize='raise')
-    pipe = StreamPipeline(sd, sink, on_error=errors.append)
+    pipe = StreamPipeline(sd, sink, on_error=lambda e, stage: errors.append((type(e), stage)))
     for i in range(30):
         pipe.push(frame(i), i)
     pipe.push(big(30), 30)
     assert pipe.close(timeout=GATE_S)
-    assert [type(e) for e in errors] == [ValueError, InputError]
+    assert errors == [(ValueError, 'sink'), (InputError, 'model')]
     assert [f.stamp for f in out] == list(range(30))  # the sink went on after its error
     assert sd.stats.dropped == {'size_mismatch': 1}
 
@@ -204,7 +204,7 @@ def test_cancel_while_the_model_runs_unblocks_the_producer():
     producer.join(GATE_S)
     assert not producer.is_alive() and results.count(False) >= 1  # push returned, not hung
     gate.set()
-    assert pipe.pipeline.join(GATE_S)
+    assert pipe.join(GATE_S)
     st = sd.stats
     assert st.dropped.get('shutdown', 0) + st.dropped.get('closed', 0) >= 1
     assert st.pushed == st.emitted + st.dropped_total + st.pending

@@ -15,6 +15,7 @@ from dvd_ros.errors import InputError, WeightsError
 from dvd_ros.model import checkpoint, devices
 from dvd_ros.model.backends import create_backend
 from dvd_ros.model.backends.torch_eager import resolve_device, resolve_dtype
+from dvd_ros.model.transfer import download, upload_frames
 
 MIN_SIDE = 16  # smallest input side accepted (pixels); smaller frames carry no usable depth
 DEFAULT_HEIGHT = 480
@@ -132,17 +133,14 @@ class DepthRegressor:
         :raises InputError: wrong type, dtype, shape or size.
         """
         frames = self._validate(frames)
-        if not frames.flags.writeable:
-            # Frames decoded from ROS messages view read-only bytes; torch wants to own them.
-            frames = frames.copy()
         count, height, width = frames.shape[:3]
         with torch.inference_mode():
-            video = torch.from_numpy(frames).to(self.device)
+            video = upload_frames(frames, self.device)  # uint8; pinned + non-blocking on CUDA
             video = video.permute(0, 3, 1, 2).float().div_(255.0)  # (T, 3, H, W) in [0, 1]
             video = _resize(video, self.processing_size(height, width))
             depth = self.predict_window(video.unsqueeze(0))[0]  # (T, H2, W2)
             depth = _resize(depth.unsqueeze(1), (height, width))[:, 0]
-            return depth.float().cpu().numpy()
+            return download(depth)
 
     def predict_window(self, frames01, return_rgb=False):
         """Run DVD on frames already at a processing size (multiples of 16).

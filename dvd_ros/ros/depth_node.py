@@ -1,7 +1,8 @@
 """The depth node: camera images in, disparity / metric depth / point clouds out.
 
-Callbacks only convert and queue; one worker thread loads the model, then runs the streaming
-estimator (and so the model), so neither a slow load nor a slow model blocks the executor
+Callbacks only convert and queue; one worker thread loads the model, then feeds the streaming
+pipeline (``stream.pipeline.StreamPipeline``: the model on one thread, alignment and publishing
+of the previous window on another), so neither a slow load nor a slow model blocks the executor
 (services and /diagnostics answer meanwhile). The input queue is bounded and drops its OLDEST
 frame when full: the newest frames are the ones worth computing, and every drop is counted and
 reported on /diagnostics. When no frame arrives for ``flush_timeout`` seconds, the frames the
@@ -146,7 +147,8 @@ class DepthNode(Node):
         self._lock = threading.Lock()
         # The model, its (window, overlap) and the stream: set by _attach, at once for an
         # injected model, else by the worker once the model is loaded.
-        self.regressor = self.window = self._stream = None
+        self.regressor = self.window = self._stream = self._pipeline = None
+        self._node_name = node_name
         self.load_error = None
         self._loaded = threading.Event()
         self._last_arrival = time.monotonic()
@@ -206,10 +208,15 @@ class DepthNode(Node):
         window = p.resolved_window(getattr(regressor, 'recommended_window', None))
         self.regressor, self.window = regressor, window
         self._stream = self._make_stream(p)
+        from dvd_ros.stream.pipeline import StreamPipeline
+        # The model runs window k+1 while window k is aligned and published (_deliver).
+        self._pipeline = StreamPipeline(self._stream, self._deliver, on_error=self._stream_error,
+                                        input_capacity=2, name=self._node_name)
         with self._lock:
-            if getattr(self, '_hints', None) is not None:
-                self._hints.capacity = max(self._hints.capacity,
-                                           self._stream.window + p.queue_size)
+            # Hints are kept for every frame the queue and the window can hold.
+            for buffer in (getattr(self, '_hints', None), getattr(self, '_remapped', None)):
+                if buffer is not None:
+                    buffer.capacity = max(buffer.capacity, self._stream.window + p.queue_size)
         self._loaded.set()
 
     def _load(self):
@@ -295,7 +302,8 @@ class DepthNode(Node):
             self._info_topic = self._image_topic.rsplit('/', 1)[0] + '/camera_info'
         self._topic_rectified = 'rect' in self._image_topic.rsplit('/', 1)[-1]
         self._rectifier = Rectifier()
-        self._remapped = StampBuffer(max(HINT_CAPACITY, self._stream.window + p.queue_size))
+        window = self._stream.window if self._stream is not None else 0
+        self._remapped = StampBuffer(max(HINT_CAPACITY, window + p.queue_size))
         self._warned = set()
         self._hint_rejected = 0
         self._points_silent = ('metric_mode is none: depth/image and depth/points are off; set '
@@ -492,6 +500,10 @@ class DepthNode(Node):
     def _run(self):
         if self._stream is None and not self._load():
             return
+        if self._stop.is_set():
+            # stop() came while the model loaded: it found no pipeline to cancel.
+            self._pipeline.cancel(timeout=0.0)
+            return
         while not self._stop.is_set():
             with self._cond:
                 idle = False
@@ -545,32 +557,35 @@ class DepthNode(Node):
                         'current window and restarting the stream', drop=False)
             self._restart_stream()
         self._size = rgb.shape[:2]
-        windows_before = self._stream.stats.windows
         try:
-            out = self._stream.push(rgb, record)
-        except Exception as exc:  # noqa: BLE001 - the node must outlive one bad window
-            # The stream counts the frames it lost (reason model_error / invalid).
-            self.report('model_error', f'model window failed, its frames are dropped and the '
-                        f'stream restarts: {type(exc).__name__}: {exc}', drop=False)
-            return
-        stream_stats = self._stream.stats
-        if stream_stats.windows != windows_before:
-            with self.stats.lock:
-                self.stats.windows = stream_stats.windows
-                self.stats.model_s.add(stream_stats.last_model_seconds)
-        self._publish_all(out)
+            self._pipeline.push(rgb, record, arrival=record.received)
+        except InputError as exc:
+            # The stream counts the frame (reason invalid).
+            self.report('model_error', f'frame rejected by the stream: {exc}', drop=False)
 
     def _restart_stream(self):
-        try:
-            frames = self._stream.flush()
-        except Exception as exc:  # noqa: BLE001 - the node must outlive one bad window
-            # The stream counted the tail it lost (reason model_error) and starts over anyway.
-            self.report('model_error', f'model window failed while finishing the stream, its '
-                        f'frames are dropped: {type(exc).__name__}: {exc}', drop=False)
-            frames = []
-        self._publish_all(frames)
-        self._stream.reset()
+        # The tail goes through _deliver like any window; a model failure reaches
+        # _stream_error (the stream counts the frames it lost and starts over anyway).
+        self._pipeline.flush(wait=True)
         self._fit = None
+
+    def _deliver(self, frames):
+        """Publish the frames one window made final (the pipeline's finishing thread)."""
+        stream_stats = self._stream.stats
+        with self.stats.lock:
+            if stream_stats.windows != self.stats.windows:
+                self.stats.windows = stream_stats.windows
+                self.stats.model_s.add(stream_stats.last_model_seconds)
+        self._publish_all(frames)
+
+    def _stream_error(self, exc, stage):
+        if stage == 'model':
+            # The stream counts the frames it lost (reason model_error / size_mismatch).
+            self.report('model_error', f'model window failed, its frames are dropped and the '
+                        f'stream restarts: {type(exc).__name__}: {exc}', drop=False)
+        else:
+            self.report('internal_error', f'finishing a window failed ({stage}), its frames '
+                        f'are lost and the node goes on: {type(exc).__name__}: {exc}')
 
     def _publish_all(self, frames):
         if not frames:
@@ -754,8 +769,11 @@ class DepthNode(Node):
             'backend': self._backend_name(),
             'dtype': str(getattr(self.regressor, 'dtype', 'unknown') if loaded else p.dtype),
             'device': str(getattr(self.regressor, 'device', 'unknown') if loaded else p.device),
-            'window / overlap': ('{} / {}'.format(*self.window) if self.window is not None
-                                 else 'from the weights (loading)'),
+            'window / overlap': (f'{self.window[0]} / {stream_stats.overlap}'
+                                 if stream is not None else 'from the weights (loading)'),
+            'overlap mode': ('loading' if stream is None else 'fixed'
+                             if stream.controller is None else
+                             f'auto in [{stream.controller.overlap_min}, {stream.window - 1}]'),
             'metric mode': p.metric_mode,
             'metric scale a (1/m)': 'n/a' if metric is None else f'{metric[0]:.6g}',
             'metric shift b (1/m)': 'n/a' if metric is None else f'{metric[1]:.6g}',
@@ -792,14 +810,15 @@ class DepthNode(Node):
             rectify = f'{p.rectify}: {self._rectifier.builds} calibration(s) rectified'
         with self._lock:
             rejected = self._hint_rejected
+        guard = getattr(self, '_guard', None)  # made with the stream, once the model is loaded
         return {
             'image topic': f'{self._image_topic} ({p.image_transport})',
             'camera_info topic': self._info_topic,
             'rectify': rectify,
             'frame_id override': p.frame_id or 'none',
             'metric hint samples rejected (out of range)': rejected,
-            'model windows non-finite (rejected / partial)': (f'{self._guard.rejected} / '
-                                                              f'{self._guard.partial}'),
+            'model windows non-finite (rejected / partial)': (
+                'n/a' if guard is None else f'{guard.rejected} / {guard.partial}'),
             'depth/points': self._points_silent or 'publishing',
         }
 
@@ -816,9 +835,17 @@ class DepthNode(Node):
             self._decoder.stop(timeout)
         with self._cond:
             self._cond.notify_all()
+        deadline = time.monotonic() + timeout
+        pipeline = self._pipeline  # None until the model is loaded
+        if pipeline is not None:
+            # Wakes a worker waiting to push; a window already in the model still ends first.
+            pipeline.cancel(timeout=0.0)
         if self._worker.is_alive() and threading.current_thread() is not self._worker:
             self._worker.join(timeout)
-        return not self._worker.is_alive()
+        pipeline = self._pipeline  # the load may have ended meanwhile
+        pipeline_ended = (pipeline is None
+                          or pipeline.join(max(0.0, deadline - time.monotonic())))
+        return pipeline_ended and not self._worker.is_alive()
 
     def destroy_node(self):
         """Stop the worker, then destroy the node."""

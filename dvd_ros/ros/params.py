@@ -27,7 +27,7 @@ from dvd_ros.colorize import COLORMAPS
 from dvd_ros.errors import InputError
 from dvd_ros.model.backends import BACKENDS
 from dvd_ros.stream.align import ROBUST_METHODS
-from dvd_ros.stream.estimator import FLUSH_MODES
+from dvd_ros.stream.estimator import FLUSH_MODES, OVERLAP_MODES
 
 # The stand-in model: deterministic, no torch, optional delay; for tests and DDS benchmarks.
 STAND_IN_BACKEND = 'stand-in'
@@ -145,6 +145,12 @@ DEPTH_PARAMETERS = (
        'the embedded tiny model), else 9', range=(0, 161), unit='frames'),
     _p('overlap', -1, 'frames shared by consecutive windows (for scale/shift alignment); '
        'must be < window; -1 = (window - 1) / 2', range=(-1, 160), unit='frames'),
+    _p('overlap_mode', 'fixed', 'fixed: every window shares overlap frames; auto: before each '
+       'window, the largest overlap in [overlap_min, window - 1] that keeps up with the '
+       'measured camera rate and window time (starts at overlap; -1 = max((window - 1) / 2, '
+       'overlap_min)); the overlap in force is on /diagnostics', choices=OVERLAP_MODES),
+    _p('overlap_min', 1, 'overlap_mode auto: smallest overlap it may choose (fewer shared '
+       'frames align windows less well); must be < window', range=(0, 160), unit='frames'),
     _p('policy', 'immediate', 'window seam handling: immediate (no hold back) or blend '
        '(hold back and cross-fade, costs latency)', choices=POLICIES),
     _p('queue_size', 32, 'input frames buffered for the worker; when full the OLDEST is '
@@ -253,6 +259,8 @@ class DepthParams:
     stand_in_delay: float
     window: int
     overlap: int
+    overlap_mode: str
+    overlap_min: int
     policy: str
     queue_size: int
     output_scale: float
@@ -342,6 +350,16 @@ class DepthParams:
         if overlap >= window:
             raise InputError(f'parameter overlap ({overlap}) must be smaller than window '
                              f'({window}); e.g. window 9, overlap 4')
+        if self.overlap_mode == 'auto':
+            if self.overlap_min >= window:
+                raise InputError(f'parameter overlap_min ({self.overlap_min}) must be smaller '
+                                 f'than window ({window}); e.g. 1')
+            if self.overlap < 0:
+                overlap = max(overlap, self.overlap_min)
+            elif overlap < self.overlap_min:
+                raise InputError(f'parameter overlap ({overlap}), the starting overlap of '
+                                 f'overlap_mode auto, is below overlap_min ({self.overlap_min})'
+                                 '; raise it, set -1, or lower overlap_min')
         return window, overlap
 
     def stream_options(self):
@@ -358,6 +376,8 @@ class DepthParams:
             'drift_strength': self.drift_strength,
             'drift_horizon': self.drift_horizon or None,
             'confidence_tau': self.confidence_tau,
+            'overlap_mode': self.overlap_mode,
+            'overlap_min': self.overlap_min,
         }
 
 

@@ -271,9 +271,10 @@ class StreamPipeline:
     ``push`` validates the frame on the caller's thread (an invalid one raises
     :class:`InputError` and is counted, as with :meth:`StreamingDepth.push`) and queues it;
     the model thread cuts windows and runs the model; the finishing thread aligns each window
-    and calls ``sink(frames)`` with the frames it made final, in order. Errors of the model
-    (the stream restarts, frames counted as ``model_error``), of ``on_resize='raise'`` and of
-    the sink go to ``on_error(exception)``.
+    and calls ``sink(frames)`` with the frames it made final, in order. Errors go to
+    ``on_error(exception, stage)``: stage ``'model'`` for the model (the stream restarts, its
+    frames counted as ``model_error``) and ``on_resize='raise'``, ``'finish'`` for the
+    alignment, ``'sink'`` for the sink.
 
     Memory is bounded: ``input_capacity`` frames in the input queue, ``capacity`` windows of
     model output between the threads, plus the window in the model and the one being
@@ -281,7 +282,8 @@ class StreamPipeline:
 
     :param streaming: the :class:`StreamingDepth` (not used by anything else meanwhile).
     :param sink: ``(list of DepthFrame) -> None``, called on the finishing thread per window.
-    :param on_error: ``(exception) -> None``; default: ignore (the counters still say it).
+    :param on_error: ``(exception, stage) -> None``; default: ignore (the counters still say
+        it).
     :param capacity: windows of model output queued for the finishing thread.
     :param input_capacity: frames queued for the model thread.
     :param overflow: a full input queue: ``'block'`` (:meth:`push` waits) or
@@ -301,7 +303,7 @@ class StreamPipeline:
         self.streaming = streaming
         self.sink = sink
         self.overflow = overflow
-        self._on_error = on_error or (lambda exc: None)
+        self._on_error = on_error or (lambda exc, stage: None)
         streaming.overlapped = True
         self.pipeline = Pipeline([('model', self._model_stage), ('finish', self._finish_stage)],
                                  capacity=capacity, input_capacity=input_capacity,
@@ -390,6 +392,10 @@ class StreamPipeline:
             self.streaming.note_dropped('shutdown', frames)
         return ended
 
+    def join(self, timeout=None):
+        """Wait for the threads after :meth:`close` or :meth:`cancel`; True when they ended."""
+        return self.pipeline.join(timeout)
+
     # -- stages -----------------------------------------------------------------------------
 
     def _model_stage(self, item):
@@ -401,18 +407,25 @@ class StreamPipeline:
         return self.streaming.intake_reset()
 
     def _finish_stage(self, step):
-        frames = self.streaming.finish(step)
+        try:
+            frames = self.streaming.finish(step)
+        except Exception as exc:  # noqa: BLE001 - reported, the stream goes on
+            self._on_error(exc, 'finish')
+            return ()
         error = getattr(step, 'error', None)
         if error is not None:
-            self._on_error(error)
+            self._on_error(error, 'model')
         if frames:
             t0 = time.perf_counter()
-            self.sink(frames)
+            try:
+                self.sink(frames)
+            except Exception as exc:  # noqa: BLE001 - reported, the stream goes on
+                self._on_error(exc, 'sink')
             self.streaming.sink_seconds = time.perf_counter() - t0
         return ()
 
     def _stage_error(self, stage, exc):
-        self._on_error(exc)
+        self._on_error(exc, stage)
 
 
 def _is_frame(item):
