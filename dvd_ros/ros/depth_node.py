@@ -242,7 +242,9 @@ class DepthNode(Node):
             self._info_topic = self._image_topic.rsplit('/', 1)[0] + '/camera_info'
         self._topic_rectified = 'rect' in self._image_topic.rsplit('/', 1)[-1]
         self._rectifier = Rectifier()
-        self._remapped = StampBuffer(max(HINT_CAPACITY, self._stream.window + p.queue_size))
+        # The raw models of remapped frames, for their hints: frames in the queue or a window
+        # (the stream may not exist yet while the model loads; 161 is the longest window).
+        self._remapped = StampBuffer(161 + p.queue_size)
         self._warned = set()
         self._hint_rejected = 0
         self._points_silent = ('metric_mode is none: depth/image and depth/points are off; set '
@@ -706,14 +708,15 @@ class DepthNode(Node):
             rectify = f'{p.rectify}: {self._rectifier.builds} calibration(s) rectified'
         with self._lock:
             rejected = self._hint_rejected
+        guard = getattr(self, '_guard', None)  # made with the stream, once the model is loaded
         return {
             'image topic': f'{self._image_topic} ({p.image_transport})',
             'camera_info topic': self._info_topic,
             'rectify': rectify,
             'frame_id override': p.frame_id or 'none',
             'metric hint samples rejected (out of range)': rejected,
-            'model windows non-finite (rejected / partial)': (f'{self._guard.rejected} / '
-                                                              f'{self._guard.partial}'),
+            'model windows non-finite (rejected / partial)': (
+                'n/a' if guard is None else f'{guard.rejected} / {guard.partial}'),
             'depth/points': self._points_silent or 'publishing',
         }
 
