@@ -371,3 +371,22 @@ def test_diagnostics_warn_while_points_cannot_publish(cam, params, info, text):
         return (status is not None and status.level == DiagnosticStatus.WARN
                 and text in status.message and text in values['depth/points'])
     assert wait_for(warned), c.diagnostics()
+
+
+def test_input_parameters_are_checked():
+    from dataclasses import replace
+
+    from dvd_ros.errors import InputError
+    from dvd_ros.ros.params import DepthParams
+    base = DepthParams.defaults()
+    assert (base.metric_mode, base.image_transport, base.rectify, base.frame_id) == (
+        'fixed', 'raw', 'auto', '')
+    cases = [({'hint_min_depth': 5.0, 'hint_max_depth': 1.0},
+              r'hint_min_depth \(5.0\) must be < hint_max_depth \(1.0\)'),
+             ({'hint_transport': 'compressedDepth', 'hint_type': 'points'},
+              'needs hint_type image'),
+             ({'image_transport': 'theora'}, 'image_transport must be one of raw, compressed'),
+             ({'rectify': 'yes'}, 'rectify must be one of auto, on, off')]
+    for change, message in cases:
+        with pytest.raises(InputError, match=message):
+            replace(base, **change).validate()

@@ -131,6 +131,7 @@ def test_bad_models_are_refused_with_the_fix():
 NH, NW = 48, 64  # node test image size
 NK = np.array([[40.0, 0.0, 31.5], [0.0, 42.0, 23.5], [0.0, 0.0, 1.0]])
 NA, NB = 0.8, 0.1  # fixed metric: 1/z = NA * disparity + NB
+WINDOW_N = 5  # frames sent: one window of the stand-in node
 
 
 def _brightness(x, y):
@@ -175,7 +176,8 @@ def node_cam():
     made = []
 
     def make(**kwargs):
-        made.append(Cam(context, metric_mode='fixed', metric_a=NA, metric_b=NB, **kwargs))
+        params = {'metric_mode': 'fixed', 'metric_a': NA, 'metric_b': NB, **kwargs}
+        made.append(Cam(context, **params))
         return made[-1]
     yield make
     for c in made:
@@ -265,3 +267,35 @@ def test_rectify_off_keeps_the_input_model(node_cam):
     assert wait_for(lambda: c.probe.count('depth/points') >= len(headers))
     info, _, _ = _outputs(c, headers[0])
     assert list(info.d) == list(d) and c.node._rectifier.builds == 0
+
+
+@pytest.mark.parametrize('move_hints', [True, False])
+def test_hints_follow_the_rectified_pixels(node_cam, move_hints):
+    from ros_harness import header, image_msg, wait_for
+    from sensor_msgs.msg import CameraInfo, Image
+
+    from dvd_ros.ros import messages
+    a_true, b_true = 0.6, 0.2
+    d = (-0.25, 0.07, 0.001, -0.001, 0.0)
+    p = np.c_[NK, np.zeros(3)]
+    c = node_cam(metric_mode='anchored', hint_type='image', hint_min_samples=20)
+    if not move_hints:  # what the fit gets when raw hint pixels are read as rectified ones
+        c.node._remapped.find = lambda stamp: None
+    v, u = np.mgrid[0:NH, 0:NW].astype(np.float64)
+    raw = _render(u, v, NK, d)
+    hint = np.full((NH, NW), np.nan, np.float32)
+    depth = 1.0 / (a_true * raw[..., 0] / 255.0 + b_true)  # metric depth seen by each raw pixel
+    hint[::3, ::3] = depth[::3, ::3]
+    for i in range(WINDOW_N):
+        hdr = header(i, frame_id='cam_optical_frame')
+        c.publisher(CameraInfo, c.node._info_topic).publish(_info_msg(hdr, d, p))
+        c.publisher(Image, '/metric_hint').publish(messages.array_to_image(hint, '32FC1', hdr))
+        c.publisher(Image, '/image').publish(image_msg(raw, hdr))
+    assert wait_for(lambda: c.probe.count('depth/image') >= WINDOW_N)
+    fit = c.node._fit
+    error = abs(fit.a - a_true) / a_true + abs(fit.b - b_true) / b_true
+    if move_hints:
+        assert error < 0.02 and fit.rel_residual < 0.01, fit
+    else:
+        assert error > 0.05, fit  # the check above can fail
+

@@ -302,8 +302,9 @@ class DepthNode(Node):
             self._info_topic = self._image_topic.rsplit('/', 1)[0] + '/camera_info'
         self._topic_rectified = 'rect' in self._image_topic.rsplit('/', 1)[-1]
         self._rectifier = Rectifier()
-        window = self._stream.window if self._stream is not None else 0
-        self._remapped = StampBuffer(max(HINT_CAPACITY, window + p.queue_size))
+        # The raw models of remapped frames, for their hints: frames in the queue or a window
+        # (the stream may not exist yet while the model loads; 161 is the longest window).
+        self._remapped = StampBuffer(161 + p.queue_size)
         self._warned = set()
         self._hint_rejected = 0
         self._points_silent = ('metric_mode is none: depth/image and depth/points are off; set '

@@ -73,7 +73,7 @@ def camera_to_rgb(msg, warn=None):
         arr = messages.pixel_rows(msg, channels, np.uint8)
         if channels == 1:
             return np.ascontiguousarray(np.repeat(arr, 3, axis=2))
-        return np.ascontiguousarray(arr[:, :, 2::-1])
+        return cv2.cvtColor(arr, cv2.COLOR_BGR2RGB if channels == 3 else cv2.COLOR_BGRA2RGB)
     if encoding in BAYER:
         mosaic = messages.pixel_rows(msg, 1, np.uint8)[:, :, 0]
         _check_even(msg, encoding, rows=False)
