@@ -46,6 +46,11 @@ class BoundedQueue:
         with self._cond:
             return len(self._items)
 
+    @property
+    def cancelled(self):
+        """Return True once :meth:`cancel` was called."""
+        return self._cancelled
+
     def put(self, item, timeout=None):
         """Append ``item``, waiting while the queue is full.
 
@@ -198,7 +203,8 @@ class Pipeline:
             return False
         deadline = None if timeout is None else time.monotonic() + timeout
         while not marker.done.wait(_POLL_S):
-            if not self.alive or (deadline is not None and time.monotonic() > deadline):
+            if not self.alive or self.queues[0].cancelled or (
+                    deadline is not None and time.monotonic() > deadline):
                 return False
         return True
 
