@@ -12,13 +12,13 @@ import argparse
 import json
 import os
 from pathlib import Path
-import random
 import signal
 import subprocess
 import sys
 import time
 
 REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))  # this checkout's dvd_ros, not an installed copy
 
 CONFIGS = {
     'xyzrgb stride 1': ['-p', 'point_stride:=1'],
@@ -43,11 +43,11 @@ print(json.dumps(last))
 
 
 def _env():
+    from dvd_ros.ros.domain import confine_to_loopback, pick_domain
+
     env = dict(os.environ)
-    env.update(ROS_DOMAIN_ID=str(random.randint(1, 100)),
-               ROS_AUTOMATIC_DISCOVERY_RANGE='LOCALHOST',
-               FASTDDS_DEFAULT_PROFILES_FILE=str(REPO / 'config' / 'fastdds_localhost.xml'),
-               PYTHONPATH=str(REPO))
+    env.update(ROS_DOMAIN_ID=str(pick_domain()), PYTHONPATH=str(REPO))
+    confine_to_loopback(REPO / 'config' / 'fastdds_localhost.xml', env, force=True)
     return env
 
 

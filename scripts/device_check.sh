@@ -20,7 +20,9 @@ if ls .whl/*.whl >/dev/null 2>&1; then
   export PYTHONPATH=/tmp/dvd-site
 fi
 export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1
-export ROS_AUTOMATIC_DISCOVERY_RANGE=LOCALHOST
+# DDS on loopback: the profile alone (LOCALHOST would add sockets on 0.0.0.0, docs/ros.md).
+export FASTDDS_DEFAULT_PROFILES_FILE="$PWD/config/fastdds_localhost.xml"
+unset ROS_AUTOMATIC_DISCOVERY_RANGE
 nvidia-smi > "$OUT/gpu.txt" 2>&1
 "$PY" -c "import torch, diffusers; print('torch', torch.__version__, 'cuda',
 torch.cuda.is_available(), 'diffusers', diffusers.__version__)" 2>&1 | tee "$OUT/versions.txt"

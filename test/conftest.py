@@ -6,10 +6,13 @@ from pathlib import Path
 
 import pytest
 
-# DDS traffic of any test never leaves loopback (set before rclpy is imported anywhere).
-os.environ.setdefault('ROS_AUTOMATIC_DISCOVERY_RANGE', 'LOCALHOST')
+from dvd_ros.ros.domain import confine_to_loopback
 
 REPO = Path(__file__).resolve().parents[1]
+
+# DDS traffic of any test never leaves loopback (set before rclpy is imported anywhere): our
+# Fast DDS profile, every socket on 127.0.0.1.
+confine_to_loopback(REPO / 'config' / 'fastdds_localhost.xml', force=True)
 # The golden set ships in the repository (test/fixtures/README.md); DVD_FIXTURES_DIR points the
 # fixture tests at another set of the same format.
 DEFAULT_FIXTURES = REPO / 'test' / 'fixtures'

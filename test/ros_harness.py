@@ -8,7 +8,7 @@ import uuid
 
 import numpy as np
 
-from dvd_ros.ros.domain import pick_domain
+from dvd_ros.ros.domain import confine_to_loopback, pick_domain
 
 REPO = Path(__file__).resolve().parents[1]
 PROFILE = REPO / 'config' / 'fastdds_localhost.xml'
@@ -18,8 +18,7 @@ PROFILE = REPO / 'config' / 'fastdds_localhost.xml'
 DOMAIN_ID = int(os.environ.get('DVD_TEST_DOMAIN_ID') or pick_domain())
 # Before any participant exists: traffic stays on loopback, profile with the big SHM segment;
 # the environment is inherited by every process a test starts.
-os.environ['ROS_AUTOMATIC_DISCOVERY_RANGE'] = 'LOCALHOST'
-os.environ.setdefault('FASTDDS_DEFAULT_PROFILES_FILE', str(PROFILE))
+confine_to_loopback(PROFILE, force=True)
 os.environ['ROS_DOMAIN_ID'] = str(DOMAIN_ID)
 
 from diagnostic_msgs.msg import DiagnosticArray  # noqa: E402

@@ -129,3 +129,25 @@ def test_foreign_publisher_on_default_domain_does_not_reach_the_test_node():
                 n.destroy_node()
         foreign.try_shutdown()
         ours.try_shutdown()
+
+
+def test_confine_to_loopback_environment(tmp_path):
+    profile = tmp_path / 'fastdds.xml'
+    env = {'ROS_AUTOMATIC_DISCOVERY_RANGE': 'LOCALHOST'}
+    domain.confine_to_loopback(profile, env, force=True)
+    # The profile alone: LOCALHOST would add a UDP transport on 0.0.0.0 and the host.
+    assert env == {'FASTDDS_DEFAULT_PROFILES_FILE': str(profile)}
+    env = {}
+    domain.confine_to_loopback(profile, env)
+    assert env == {'FASTDDS_DEFAULT_PROFILES_FILE': str(profile)}
+    env = {'FASTDDS_DEFAULT_PROFILES_FILE': '/etc/mine.xml'}  # the user's profile is kept
+    domain.confine_to_loopback(profile, env)
+    assert env == {'FASTDDS_DEFAULT_PROFILES_FILE': '/etc/mine.xml',
+                   'ROS_AUTOMATIC_DISCOVERY_RANGE': 'LOCALHOST'}
+    env = {'RMW_IMPLEMENTATION': 'rmw_cyclonedds_cpp'}  # the profile means nothing there
+    domain.confine_to_loopback(profile, env, force=True)
+    assert env['ROS_AUTOMATIC_DISCOVERY_RANGE'] == 'LOCALHOST'
+    assert 'FASTDDS_DEFAULT_PROFILES_FILE' not in env
+    env = {}
+    domain.confine_to_loopback(None, env)
+    assert env == {'ROS_AUTOMATIC_DISCOVERY_RANGE': 'LOCALHOST'}

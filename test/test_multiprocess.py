@@ -21,9 +21,11 @@ LISTEN_S = 8.0
 @pytest.fixture(scope='module')
 def env():
     out = dict(os.environ)
-    out.update(ROS_DOMAIN_ID=str(domain_id()), ROS_AUTOMATIC_DISCOVERY_RANGE='LOCALHOST',
-               FASTDDS_DEFAULT_PROFILES_FILE=str(PROFILE), PYTHONUNBUFFERED='1',
+    out.update(ROS_DOMAIN_ID=str(domain_id()), FASTDDS_DEFAULT_PROFILES_FILE=str(PROFILE),
+               PYTHONUNBUFFERED='1',
                PYTHONPATH=str(REPO) + os.pathsep + os.environ.get('PYTHONPATH', ''))
+    # LOCALHOST would add rmw_fastrtps' own UDP transport, bound to 0.0.0.0 and the host.
+    out.pop('ROS_AUTOMATIC_DISCOVERY_RANGE', None)
     return out
 
 
@@ -48,8 +50,8 @@ def _stop(proc, *signums, gap=0.05):
     return proc.returncode, time.monotonic() - start, err
 
 
-def _dds_sockets(pid, domain):
-    """Return the local (ip, port) of the process' UDP sockets on the domain's DDS ports."""
+def _udp_sockets(pid):
+    """Return the local (ip hex, port) of every UDP socket of the process (IPv4 and IPv6)."""
     inodes = set()
     for fd in Path(f'/proc/{pid}/fd').iterdir():
         try:
@@ -58,16 +60,13 @@ def _dds_sockets(pid, domain):
             continue
         if target.startswith('socket:['):
             inodes.add(target[8:-1])
-    base = 7400 + 250 * domain  # RTPS well-known ports of this domain
     found = []
     for table in ('/proc/net/udp', '/proc/net/udp6'):
         for line in Path(table).read_text().splitlines()[1:]:
             cols = line.split()
             if cols[9] in inodes:
                 ip_hex, port_hex = cols[1].split(':')
-                port = int(port_hex, 16)
-                if base <= port < base + 250:
-                    found.append((ip_hex, port))
+                found.append((ip_hex, int(port_hex, 16)))
     return found
 
 
@@ -82,10 +81,13 @@ def test_camera_to_depth_to_listener(env):
     try:
         time.sleep(2.0)
         assert camera.poll() is None and node.poll() is None
-        # Every DDS port the processes bind is on loopback (the XML profile is in force).
+        # Every UDP socket the processes bind is on 127.0.0.1, the domain's ports among them
+        # (the XML profile is in force; nothing on 0.0.0.0 or the host's address).
+        base = 7400 + 250 * domain  # RTPS well-known ports of this domain
         for proc in (camera, node):
-            sockets = _dds_sockets(proc.pid, domain)
-            assert sockets and all(ip == '0100007F' for ip, _ in sockets), sockets
+            sockets = _udp_sockets(proc.pid)
+            assert any(base <= port < base + 250 for _, port in sockets), sockets
+            assert all(ip == '0100007F' for ip, _ in sockets), sockets
         listener = subprocess.run(
             [sys.executable, str(REPO / 'test' / 'ros_listener.py'), str(LISTEN_S)], cwd=REPO,
             env=env, capture_output=True, text=True, timeout=LISTEN_S + 30)

@@ -89,3 +89,17 @@ def test_bad_parameter_is_one_line_error(capsys, keep_signal_handlers, sets, mes
 
 def test_short_run_exits_zero(keep_signal_handlers):
     assert cli.main(['run', '--backend', 'stand-in', '-n', 'cam_a', '--duration', '0.3']) == 0
+
+
+def test_model_load_failure_ends_the_run(capsys, keep_signal_handlers, monkeypatch):
+    """The model loads in the node's worker; its failure still ends `dvd-ros run` with 2."""
+    from dvd_ros.errors import WeightsError
+    from dvd_ros.ros import depth_node
+
+    def broken(params):
+        raise WeightsError('no DVD weights at /nope: see `dvd-ros weights`')
+
+    monkeypatch.setattr(depth_node, 'build_regressor', broken)
+    assert cli.main(['run', '--backend', 'torch', '--duration', '20']) == 2
+    err = capsys.readouterr().err
+    assert 'dvd-ros run: error: no DVD weights at /nope' in err

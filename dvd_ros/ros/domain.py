@@ -1,8 +1,8 @@
-"""A private ROS domain per run, so two runs on one host never see each other's topics.
+"""DDS kept on this machine, and a private ROS domain per run.
 
 Tests and the demo start their own nodes and need no one else's: each picks a domain that no
-process on this host uses yet. No rclpy here: the id must be chosen before rclpy is imported
-(it reads ``ROS_DOMAIN_ID`` once per context).
+process on this host uses yet, and DDS binds loopback only. No rclpy here: this must happen
+before rclpy is imported (the environment is read when a participant is created).
 """
 
 import os
@@ -15,6 +15,39 @@ import random
 PRIVATE_DOMAINS = (1, 101)
 # RTPS well-known ports: every participant of domain d binds ports in [base, base + gain).
 PORT_BASE, DOMAIN_GAIN = 7400, 250
+RANGE_VARIABLE = 'ROS_AUTOMATIC_DISCOVERY_RANGE'
+PROFILE_VARIABLE = 'FASTDDS_DEFAULT_PROFILES_FILE'
+
+
+def confine_to_loopback(profile, environ=None, force=False):
+    """Keep DDS on this machine: our Fast DDS profile, or ROS's LOCALHOST discovery range.
+
+    With the profile (``config/fastdds_localhost.xml``: every socket on 127.0.0.1, discovery
+    by unicast to 127.0.0.1) ``ROS_AUTOMATIC_DISCOVERY_RANGE`` is better unset: ``LOCALHOST``
+    makes rmw_fastrtps add a second UDP transport whose sockets bind 0.0.0.0 and the host's
+    address (measured with ``ss -uapn``). Other RMWs do not read the profile: they get
+    ``LOCALHOST``.
+
+    :param profile: path of the profile, or None when it is not found.
+    :param environ: the environment to change (default ``os.environ``).
+    :param force: tests: always our profile, the range unset. Otherwise a profile or range the
+        user set is kept.
+    """
+    env = os.environ if environ is None else environ
+    fast_dds = 'fastrtps' in env.get('RMW_IMPLEMENTATION', 'rmw_fastrtps_cpp')
+    if profile is None or not fast_dds:
+        if force:
+            env[RANGE_VARIABLE] = 'LOCALHOST'
+        else:
+            env.setdefault(RANGE_VARIABLE, 'LOCALHOST')
+        return
+    if force:
+        env[PROFILE_VARIABLE] = str(profile)
+        env.pop(RANGE_VARIABLE, None)
+    elif PROFILE_VARIABLE not in env:
+        env[PROFILE_VARIABLE] = str(profile)
+    else:
+        env.setdefault(RANGE_VARIABLE, 'LOCALHOST')  # the user's own profile: ROS's guard
 
 
 def domain_of_port(port):

@@ -5,7 +5,6 @@ topics still travel through DDS (intra-process communication is off), on loopbac
 """
 
 from dataclasses import dataclass, field
-import os
 from pathlib import Path
 import time
 
@@ -15,13 +14,12 @@ import numpy as np
 def use_loopback_dds():
     """Keep DDS on this machine unless the user configured it: call before ``rclpy.init``.
 
-    Sets ``ROS_AUTOMATIC_DISCOVERY_RANGE=LOCALHOST`` and our Fast DDS profile (shared memory +
-    UDPv4 on 127.0.0.1) when those variables are not set already.
+    Our Fast DDS profile (shared memory + UDPv4 on 127.0.0.1) when no profile is set, else
+    ``ROS_AUTOMATIC_DISCOVERY_RANGE=LOCALHOST`` (:func:`~dvd_ros.ros.domain.confine_to_loopback`).
     """
-    os.environ.setdefault('ROS_AUTOMATIC_DISCOVERY_RANGE', 'LOCALHOST')
-    profile = shipped_config('fastdds_localhost.xml')
-    if profile is not None:
-        os.environ.setdefault('FASTDDS_DEFAULT_PROFILES_FILE', str(profile))
+    from dvd_ros.ros.domain import confine_to_loopback
+
+    confine_to_loopback(shipped_config('fastdds_localhost.xml'))
 
 
 def shipped_config(name):
