@@ -82,6 +82,7 @@ def _convert(args):
     from dvd_ros.errors import WeightsError
     from dvd_ros.model import checkpoint
     from dvd_ros.model.weights.manifest import file_digest
+    from dvd_ros.model.weights.memory import release_memory
 
     if args.dst.exists() and (not args.dst.is_dir() or any(args.dst.iterdir())) and not (
             args.force):
@@ -124,6 +125,8 @@ def _convert(args):
     seconds = time.monotonic() - started
     print(f'wrote {folder} ({args.dtype}, LoRA rank {models.meta["lora_rank"]}, alpha '
           f'{models.meta["lora_alpha"]}, VAE from {models.meta["vae_source"]}) in {seconds:.1f} s')
+    del models
+    release_memory()  # for callers that go on (main() from Python), not just exit
     return 0
 
 

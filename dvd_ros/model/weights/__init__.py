@@ -15,9 +15,12 @@ Name mapping follows DVD_SPEC 5.1 (DiT) and 5.3 (VAE); LoRA is merged in float64
 (DVD_SPEC 5.2). Modules are built on the meta device and the tensors assigned, so the
 weights are held once in memory.
 
-One concern per module: ``names`` (key prefixes, name maps), ``files`` (reading files, pickle
-safety, layouts), ``lora`` (the merge), ``configs`` (kwargs from shapes), ``build`` (modules on
-the meta device), ``release`` (loading a release file), ``converted`` (the converted folder),
+One concern per module: ``names`` (key prefixes, name maps), ``tensor_io`` (safetensors read
+and written tensor by tensor, regular files only), ``files`` (weights files, pickle safety,
+layouts), ``lora`` (the merge), ``memory`` (returning freed memory to the OS), ``configs``
+(kwargs from shapes), ``build`` (modules on the meta device), ``release`` (loading a release
+file), ``schema`` (checks of ``dvd_ros.json`` / ``config.json`` values), ``manifest`` (the
+converted folder's file list and hashes), ``converted`` (writing and loading that folder),
 ``loading`` (``load_models``), ``release_writer`` and ``describe``.
 """
 
