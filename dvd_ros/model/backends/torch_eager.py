@@ -5,10 +5,13 @@ context, exactly as the reference does; the default ``FoldedDiT`` computes the s
 (8e-7 apart in float32, ``test/test_folding.py``) without the cross-attention.
 """
 
+import logging
+
 import torch
 
 from dvd_ros.errors import BackendUnavailable, InputError
 from dvd_ros.model import presets
+from dvd_ros.model.fast_vae import FastWanVAE, UnsupportedVAE
 from dvd_ros.model.folding import FoldedDiT
 
 DTYPES = {
@@ -16,6 +19,7 @@ DTYPES = {
     'bfloat16': torch.bfloat16, 'bf16': torch.bfloat16,
     'float16': torch.float16, 'fp16': torch.float16, 'half': torch.float16,
 }
+LOG = logging.getLogger('dvd_ros.backends.torch')
 
 
 def resolve_dtype(dtype):
@@ -72,7 +76,7 @@ class TorchBackend:
 
     name = 'torch'
 
-    def __init__(self, models, device='cpu', dtype=torch.float32, fold=True):
+    def __init__(self, models, device='cpu', dtype=torch.float32, fold=True, fast_vae=True):
         """Place ``models`` on ``device`` in ``dtype`` (in place) and cache the constants.
 
         :param models: a ``DVDModels``.
@@ -80,6 +84,9 @@ class TorchBackend:
         :param dtype: float32, bfloat16 or float16 (torch dtype or name).
         :param fold: run the DiT as ``FoldedDiT`` (constant timestep and cross-attention
             folded; measured 2-4x faster DiT on small models); False = the diffusers call.
+        :param fast_vae: run the VAE with ``FastWanVAE`` (our whole-window channels-last
+            executor, same numbers; 5-6x faster on CPU); False = the diffusers VAE calls.
+            A VAE layout it does not implement falls back to diffusers with an info line.
         :raises BackendUnavailable: CUDA requested but absent.
         """
         self.models = models
@@ -98,11 +105,21 @@ class TorchBackend:
                                    dtype=self.dtype, device=self.device)
         # Shares the transformer's parameters; folded after placing, in the run dtype.
         self.folded = FoldedDiT(self.transformer).eval() if fold else None
+        self.fast_vae = None
+        if fast_vae:
+            try:
+                # Built after placing: it copies the weights in the run dtype and device,
+                # with DVD's latent normalisation folded into its first/last layers.
+                self.fast_vae = FastWanVAE(self.vae, models.latents_mean, models.latents_std)
+            except UnsupportedVAE as exc:
+                LOG.info('fast VAE not used (%s); running the diffusers VAE', exc)
 
     @torch.inference_mode()
     def encode(self, video):
         """Encode ``(1, 3, T, H, W)`` in [-1, 1] to normalised latents ``(1, 16, T', h, w)``."""
         video = video.to(device=self.device, dtype=self.dtype)
+        if self.fast_vae is not None:
+            return self.fast_vae.encode(video)
         mu = self.vae.encode(video).latent_dist.mode()  # posterior mean, never a sample
         return ((mu.float() - self.mean) / self.std).to(self.dtype)
 
@@ -117,5 +134,7 @@ class TorchBackend:
     @torch.inference_mode()
     def decode(self, latents):
         """Decode normalised latents to ``(1, 3, T, H, W)`` clamped to [-1, 1]."""
+        if self.fast_vae is not None:
+            return self.fast_vae.decode(latents)
         mu = (latents.float() * self.std + self.mean).to(self.dtype)
         return self.vae.decode(mu, return_dict=False)[0].clamp(-1.0, 1.0)
