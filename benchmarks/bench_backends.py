@@ -9,9 +9,14 @@ on the same random video. "first call" includes what a backend does once per win
 shape (ONNX export, torch.compile, TensorRT engine build); the stage times are medians
 of the following calls. A backend that cannot run here is listed with its reason.
 ``torch`` runs the DiT as ``FoldedDiT`` (constant timestep/cross-attention folded,
-DVD_SPEC.md §5.5), like every other backend; ``torch-unfolded`` is the eager torch
-backend calling the diffusers transformer with the 512-row zero context as the reference
-does, so the two rows isolate what folding saves.
+DVD_SPEC.md §5.5), like every other backend, and the VAE with our ``FastWanVAE``
+executor (and, on CUDA, the whole window replayed as one CUDA graph);
+``torch-no-graphs`` is the same without CUDA graphs, ``torch-diffusers-vae`` runs the
+diffusers VAE instead (no graphs), ``torch-unfolded`` is the eager torch backend calling
+the diffusers transformer with the 512-row zero context and the diffusers VAE, as the
+reference does; ``torch:fp8`` runs the DiT's linears in float8 (``torch._scaled_mm``).
+"VAE TFLOP/s" is the encode + decode FLOPs counted from the layer shapes
+(``FastWanVAE.count_flops``) over the encode + decode time.
 
     python benchmarks/bench_backends.py                      # CPU, a few minutes
     python benchmarks/bench_backends.py --backends all       # CPU incl. torch-compile (slow)
@@ -46,6 +51,7 @@ from dvd_ros.errors import BackendUnavailable  # noqa: E402
 from dvd_ros.model import presets  # noqa: E402
 from dvd_ros.model.backends import BACKENDS, create_backend  # noqa: E402
 from dvd_ros.model.checkpoint import DVDModels  # noqa: E402
+from dvd_ros.model.fast_vae import FastWanVAE  # noqa: E402
 
 # Fixture-sized tiny model (dvd_tiny_dit_config.json) and a mid-size one that still runs on
 # a laptop CPU: 128-channel heads like the real model, 4 blocks, a 16-channel VAE.
@@ -90,10 +96,18 @@ def build_models(case, device, seed=0):
 
 
 # What --backends means when not given (torch-compile's CPU build takes ~5 min per shape).
-CPU_BACKENDS = ('torch', 'torch-unfolded', 'onnxruntime', 'onnxruntime:fp16',
-                'onnxruntime:fp8', 'tensorrt')
-CUDA_BACKENDS = ('torch', 'torch-unfolded', 'torch-compile', 'onnxruntime', 'tensorrt:fp16',
+CPU_BACKENDS = ('torch', 'torch-diffusers-vae', 'torch-unfolded', 'onnxruntime',
+                'onnxruntime:fp16', 'onnxruntime:fp8', 'tensorrt')
+CUDA_BACKENDS = ('torch', 'torch-no-graphs', 'torch-diffusers-vae', 'torch:fp8',
+                 'torch-unfolded', 'torch-compile', 'onnxruntime', 'tensorrt:fp16',
                  'tensorrt:bf16', 'tensorrt:fp8')
+# Variants of the eager torch backend: row name -> options over its defaults.
+TORCH_VARIANTS = {
+    'torch': {},
+    'torch-no-graphs': {'cuda_graphs': False},
+    'torch-diffusers-vae': {'fast_vae': False, 'cuda_graphs': False},
+    'torch-unfolded': {'fold': False, 'fast_vae': False, 'cuda_graphs': False},
+}
 
 
 def backend_options(entry, device, threads, cache_dir):
@@ -101,11 +115,16 @@ def backend_options(entry, device, threads, cache_dir):
     name, _, precision = entry.partition(':')
     cuda = device == 'cuda'
     low = torch.bfloat16 if cuda else torch.float32
-    if name in ('torch', 'torch-unfolded', 'torch-compile'):
+    if name in TORCH_VARIANTS:
+        options = {'device': device, 'dtype': low, **TORCH_VARIANTS[name]}
+        if precision == 'fp8':
+            options['precision'] = 'fp8'
+        elif precision:
+            raise ValueError(f'{entry}: the torch backend takes precision fp8 or none')
+        return 'torch', options
+    if name == 'torch-compile':
         if precision:
-            raise ValueError(f'{entry}: torch backends take no precision (dtype is {low})')
-        if name == 'torch-unfolded':
-            return 'torch', {'device': device, 'dtype': low, 'fold': False}
+            raise ValueError(f'{entry}: torch-compile takes no precision (dtype is {low})')
         return name, {'device': device, 'dtype': low}
     if name == 'onnxruntime':
         options = {'device': device, 'dtype': torch.float32, 'cache_dir': cache_dir,
@@ -151,10 +170,23 @@ def measure(backend, video, repeats, device):
 
 @torch.no_grad()
 def float32_reference(case, video, device):
-    """Return the float32 eager torch backend's decoded output (what "vs fp32" compares)."""
+    """Return the float32 reference-like torch backend's decoded output ("vs fp32")."""
     backend = create_backend('torch', build_models(case, device), device=device,
-                             dtype=torch.float32, fold=False)
+                             dtype=torch.float32, **TORCH_VARIANTS['torch-unfolded'])
     return backend.decode(backend.transform(backend.encode(video))).float()
+
+
+def vae_flops(case):
+    """Return the (encode, decode) FLOPs of ``case``'s VAE, counted on the meta device."""
+    from diffusers import AutoencoderKLWan
+
+    with torch.device('meta'):
+        vae = AutoencoderKLWan(**{**case.vae, 'dim_mult': list(case.vae['dim_mult']),
+                                  'temperal_downsample': list(case.vae['temperal_downsample'])})
+    fast = FastWanVAE(vae)
+    latent = (1, vae.config.z_dim, 1 + (case.window - 1) // 4, case.height // 8, case.width // 8)
+    return (fast.count_flops('encode', (1, 3, case.window, case.height, case.width)),
+            fast.count_flops('decode', latent))
 
 
 def run_case(case, backends, args, rows, after_row=None):
@@ -167,10 +199,12 @@ def run_case(case, backends, args, rows, after_row=None):
     video = (torch.rand(1, 3, case.window, case.height, case.width, generator=generator)
              * 2 - 1).to(args.device)
     reference = float32_reference(case, video, args.device)
+    flops = sum(vae_flops(case))
+    print(f'   VAE: {flops / 1e12:.2f} TFLOP per window (encode + decode)', flush=True)
     for entry in backends:
         # Fresh models per backend: torch backends cast and move them in place.
         models = build_models(case, args.device)
-        row = {'config': case.config, 'window': case.window,
+        row = {'config': case.config, 'window': case.window, 'vae_flops': flops,
                'size': f'{case.height}x{case.width}', 'backend': entry.partition(':')[0]}
         try:
             with tempfile.TemporaryDirectory(prefix='dvd-bench-') as cache_dir:
@@ -184,8 +218,8 @@ def run_case(case, backends, args, rows, after_row=None):
             row.update(first=first, **times)
             row['error'] = ((out.float() - reference).norm() / reference.norm()).item()
             print(f'   {entry:18s} first {first:7.2f} s   window {times["total"] * 1e3:9.1f} '
-                  f'ms   ({case.window / times["total"]:.2f} frames/s, vs fp32 '
-                  f'{row["error"]:.1e})', flush=True)
+                  f'ms   ({case.window / times["total"]:.2f} frames/s, VAE '
+                  f'{vae_tflops(row):.3g} TFLOP/s, vs fp32 {row["error"]:.1e})', flush=True)
         except BackendUnavailable as exc:
             row['note'] = f'unavailable: {exc}'
             print(f'   {entry:18s} unavailable: {exc}', flush=True)
@@ -201,6 +235,11 @@ def run_case(case, backends, args, rows, after_row=None):
             torch.cuda.empty_cache()
 
 
+def vae_tflops(row):
+    """Return the achieved VAE TFLOP/s of a measured row."""
+    return row['vae_flops'] / (row['encode'] + row['decode']) / 1e12
+
+
 def backend_dtype(backend):
     dtype = getattr(backend, 'dtype', torch.float32)
     return dtype if isinstance(dtype, torch.dtype) else torch.float32
@@ -210,14 +249,16 @@ def table(rows):
     """Markdown table of ``rows`` with speed-ups relative to the torch backend."""
     lines = ['| config | window | size | backend | dtype | first call (s) | encode (ms) | '
              'DiT (ms) | decode (ms) | window (ms) | frames/s | vs torch | DiT vs torch | '
-             'vs fp32 |',
-             '|---|---|---|---|---|---|---|---|---|---|---|---|---|---|']
-    base = {(r['config'], r['window']): r for r in rows
-            if r['backend'] == 'torch' and 'total' in r}
+             'VAE TFLOP/s | vs fp32 |',
+             '|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|']
+    base = {}
+    for r in rows:  # the first plain torch row (torch:fp8 is also backend torch)
+        if r['backend'] == 'torch' and 'total' in r:
+            base.setdefault((r['config'], r['window']), r)
     for r in rows:
         if 'total' not in r:
             lines.append(f'| {r["config"]} | {r["window"]} | {r["size"]} | {r["backend"]} | '
-                         f'| {r.get("note", "")} | | | | | | | | |')
+                         f'| {r.get("note", "")} | | | | | | | | | |')
             continue
         ref = base.get((r['config'], r['window']))
         ratio = f'{ref["total"] / r["total"]:.2f}x' if ref else ''
@@ -226,7 +267,8 @@ def table(rows):
             f'| {r["config"]} | {r["window"]} | {r["size"]} | {r["backend"]} | {r["dtype"]} | '
             f'{r["first"]:.2f} | {r["encode"] * 1e3:.1f} | {r["dit"] * 1e3:.1f} | '
             f'{r["decode"] * 1e3:.1f} | {r["total"] * 1e3:.1f} | '
-            f'{r["window"] / r["total"]:.2f} | {ratio} | {dit_ratio} | {r["error"]:.1e} |')
+            f'{r["window"] / r["total"]:.2f} | {ratio} | {dit_ratio} | {vae_tflops(r):.2f} | '
+            f'{r["error"]:.1e} |')
     return '\n'.join(lines) + '\n'
 
 

@@ -34,10 +34,12 @@ from dvd_ros.train.evaluate import evaluate, held_out_clips  # noqa: E402
 
 # The reference arm runs first and again last: the two show the timing noise of the run.
 CPU_ARMS = [('torch', 'float32', None), ('torch', 'bfloat16', None),
+            ('torch', 'bfloat16', 'fp8'),
             ('onnxruntime', 'float32', 'fp32'), ('onnxruntime', 'float32', 'fp16'),
             ('onnxruntime', 'float32', 'fp8'), ('torch', 'float32', None)]
 CUDA_ARMS = [('torch', 'float32', None), ('torch', 'bfloat16', None),
-             ('torch', 'float16', None), ('tensorrt', 'float32', 'fp32'),
+             ('torch', 'float16', None), ('torch', 'bfloat16', 'fp8'),
+             ('tensorrt', 'float32', 'fp32'),
              ('tensorrt', 'float32', 'fp16'), ('tensorrt', 'float32', 'bf16'),
              ('tensorrt', 'float32', 'fp8'), ('torch', 'float32', None)]
 
@@ -75,6 +77,8 @@ def main(argv=None):
         for backend, dtype, precision in arms:
             name = f'{backend} {precision or dtype}'
             options = {} if precision is None else {'precision': precision, 'cache_dir': cache}
+            if backend == 'torch' and precision:  # fp8 DiT in torch: calibrated at this size
+                options = {'precision': precision, 'calibration_size': (height, width)}
             if backend == 'onnxruntime':
                 options['threads'] = args.threads
             try:

@@ -83,6 +83,8 @@ def build_regressor(params):
     if params.fp8_calibration:
         from dvd_ros.model.precision import load_calibration
         options['calibration'] = load_calibration(params.fp8_calibration)
+    if params.backend == 'torch':
+        options['cuda_graphs'] = params.cuda_graphs
     return DepthRegressor.from_pretrained(
         params.weights or None, device=params.device, dtype=params.dtype,
         height=params.model_height or None, width=params.model_width or None,

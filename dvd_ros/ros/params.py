@@ -130,6 +130,8 @@ DEPTH_PARAMETERS = (
     _p('fp8_calibration', '', 'precision fp8: .npy of (T, H, W, 3) uint8 RGB frames of your '
        'scene for the FP8 scales (`dvd-ros engine build --calibration` writes one); empty = '
        'a rendered synthetic room'),
+    _p('cuda_graphs', True, 'backend torch on CUDA: capture each model stage once per window '
+       'shape as a CUDA graph and replay it (less launch overhead); ignored on CPU'),
     _p('model_height', 0, 'processing height target of the model (frames are resized to '
        'cover it, aspect kept, and back); 0 = what the weights recommend (480 for DVD)',
        range=(0, 2048, 16), unit='px'),
@@ -253,6 +255,7 @@ class DepthParams:
     dtype: str
     precision: str
     fp8_calibration: str
+    cuda_graphs: bool
     model_height: int
     model_width: int
     cpu_threads: int

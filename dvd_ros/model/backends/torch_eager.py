@@ -5,10 +5,14 @@ context, exactly as the reference does; the default ``FoldedDiT`` computes the s
 (8e-7 apart in float32, ``test/test_folding.py``) without the cross-attention.
 """
 
+import logging
+
 import torch
 
 from dvd_ros.errors import BackendUnavailable, InputError
 from dvd_ros.model import presets
+from dvd_ros.model.cuda_graphs import StageGraphs
+from dvd_ros.model.fast_vae import FastWanVAE, UnsupportedVAE
 from dvd_ros.model.folding import FoldedDiT
 
 DTYPES = {
@@ -16,6 +20,7 @@ DTYPES = {
     'bfloat16': torch.bfloat16, 'bf16': torch.bfloat16,
     'float16': torch.float16, 'fp16': torch.float16, 'half': torch.float16,
 }
+LOG = logging.getLogger('dvd_ros.backends.torch')
 
 
 def resolve_dtype(dtype):
@@ -72,7 +77,8 @@ class TorchBackend:
 
     name = 'torch'
 
-    def __init__(self, models, device='cpu', dtype=torch.float32, fold=True):
+    def __init__(self, models, device='cpu', dtype=torch.float32, fold=True, fast_vae=True,
+                 cuda_graphs=True, precision=None, calibration=None, calibration_size=None):
         """Place ``models`` on ``device`` in ``dtype`` (in place) and cache the constants.
 
         :param models: a ``DVDModels``.
@@ -80,7 +86,19 @@ class TorchBackend:
         :param dtype: float32, bfloat16 or float16 (torch dtype or name).
         :param fold: run the DiT as ``FoldedDiT`` (constant timestep and cross-attention
             folded; measured 2-4x faster DiT on small models); False = the diffusers call.
+        :param fast_vae: run the VAE with ``FastWanVAE`` (our whole-window channels-last
+            executor, same numbers; 5-6x faster on CPU); False = the diffusers VAE calls.
+            A VAE layout it does not implement falls back to diffusers with an info line.
+        :param cuda_graphs: on CUDA, capture each stage once per input shape as a CUDA graph
+            and replay it (``dvd_ros.model.cuda_graphs``); ignored on CPU (info line).
+        :param precision: None/'' (the run dtype everywhere) or 'fp8': the DiT blocks'
+            linears as float8 GEMMs (``dvd_ros.model.scaled_fp8``; needs ``fold``).
+        :param calibration: fp8: ``(T, H, W, 3)`` uint8 RGB frames of the scene for the
+            input scales; None = a rendered synthetic room.
+        :param calibration_size: fp8: ``(height, width)`` the calibration frames are
+            encoded at; None = the weights' processing size (480x640 for DVD).
         :raises BackendUnavailable: CUDA requested but absent.
+        :raises InputError: an unknown precision, or fp8 without ``fold``.
         """
         self.models = models
         self.device = resolve_device(device)
@@ -98,24 +116,76 @@ class TorchBackend:
                                    dtype=self.dtype, device=self.device)
         # Shares the transformer's parameters; folded after placing, in the run dtype.
         self.folded = FoldedDiT(self.transformer).eval() if fold else None
+        self.fast_vae = None
+        if fast_vae:
+            try:
+                # Built after placing: it copies the weights in the run dtype and device,
+                # with DVD's latent normalisation folded into its first/last layers.
+                self.fast_vae = FastWanVAE(self.vae, models.latents_mean, models.latents_std)
+            except UnsupportedVAE as exc:
+                LOG.info('fast VAE not used (%s); running the diffusers VAE', exc)
+        self.graphs = None  # set after calibration: no graph for the calibration shape
+        self.precision = self._quantize(precision, calibration, calibration_size)
+        if cuda_graphs and self.device.type == 'cuda':
+            self.graphs = StageGraphs(self.device)
+        elif cuda_graphs:
+            LOG.info('cuda_graphs ignored on %s (CUDA graphs need a CUDA device)', self.device)
+
+    def _quantize(self, precision, calibration, size):
+        """Make the folded DiT's linears FP8 and calibrate them; return the precision name."""
+        if precision in (None, ''):
+            return None
+        if precision != 'fp8':
+            raise InputError(f'backend torch: precision {precision!r} is not supported; the '
+                             "torch backend computes in its dtype, or use precision 'fp8' "
+                             '(FP8 DiT linears)')
+        if self.folded is None:
+            raise InputError("backend torch: precision 'fp8' needs fold=True")
+        from dvd_ros.model import scaled_fp8
+        from dvd_ros.model.export import WindowShape
+        from dvd_ros.model.precision import calibration_frames
+
+        meta = getattr(self.models, 'meta', None) or {}
+        height, width = size or (meta.get('height', 480), meta.get('width', 640))
+        shape = WindowShape(9, 16 * -(-int(height) // 16), 16 * -(-int(width) // 16))
+        layers = scaled_fp8.quantize_blocks(self.folded)
+        video = calibration_frames(shape, calibration).to(self.device, self.dtype)
+        scaled_fp8.calibrate(self.folded, layers, [self.encode(video)])
+        return 'fp8'
+
+    def _stage(self, name, fn, x):
+        return fn(x) if self.graphs is None else self.graphs.run(name, fn, x)
 
     @torch.inference_mode()
     def encode(self, video):
         """Encode ``(1, 3, T, H, W)`` in [-1, 1] to normalised latents ``(1, 16, T', h, w)``."""
-        video = video.to(device=self.device, dtype=self.dtype)
-        mu = self.vae.encode(video).latent_dist.mode()  # posterior mean, never a sample
-        return ((mu.float() - self.mean) / self.std).to(self.dtype)
+        return self._stage('encode', self._encode,
+                           video.to(device=self.device, dtype=self.dtype))
 
     @torch.inference_mode()
     def transform(self, latents):
         """Run the single DiT pass at t = 500 with the zero text context."""
-        latents = latents.to(device=self.device, dtype=self.dtype)
-        if self.folded is not None:
-            return self.folded(latents)
-        return self.transformer(latents, self.timestep, self.context, return_dict=False)[0]
+        return self._stage('transform', self._transform,
+                           latents.to(device=self.device, dtype=self.dtype))
 
     @torch.inference_mode()
     def decode(self, latents):
         """Decode normalised latents to ``(1, 3, T, H, W)`` clamped to [-1, 1]."""
+        return self._stage('decode', self._decode, latents.to(device=self.device))
+
+    def _encode(self, video):
+        if self.fast_vae is not None:
+            return self.fast_vae.encode(video)
+        mu = self.vae.encode(video).latent_dist.mode()  # posterior mean, never a sample
+        return ((mu.float() - self.mean) / self.std).to(self.dtype)
+
+    def _transform(self, latents):
+        if self.folded is not None:
+            return self.folded(latents)
+        return self.transformer(latents, self.timestep, self.context, return_dict=False)[0]
+
+    def _decode(self, latents):
+        if self.fast_vae is not None:
+            return self.fast_vae.decode(latents)
         mu = (latents.float() * self.std + self.mean).to(self.dtype)
         return self.vae.decode(mu, return_dict=False)[0].clamp(-1.0, 1.0)
