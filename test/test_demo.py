@@ -28,8 +28,8 @@ def weights(tmp_path_factory):
 
 def test_demo_outputs_and_recomputed_accuracy(tmp_path, weights, capsys, monkeypatch):
     out = tmp_path / 'demo'
-    status = main(['demo', '--out', str(out), '--frames', '12', '--rate', '15',
-                   '--timeout', '120'] + (['--weights', weights] if weights else []))
+    status = main(['demo', '--out', str(out), '--frames', '10', '--timeout', '120']
+                  + (['--weights', weights] if weights else []))
     printed = capsys.readouterr().out
     assert status == 0, printed
     for name in ('demo.png', 'cloud.ply', 'recording.npz', 'metrics.json'):
@@ -37,22 +37,35 @@ def test_demo_outputs_and_recomputed_accuracy(tmp_path, weights, capsys, monkeyp
 
     with np.load(out / 'recording.npz') as data:
         arrays = {k: data[k] for k in data.files}
-    assert len(arrays['stamps_ns']) == 12
+    assert len(arrays['stamps_ns']) == 10
     assert np.all(np.diff(arrays['stamps_ns']) > 0)
-    recomputed = demo.score_recording(arrays)
     saved = json.loads((out / 'metrics.json').read_text())
-    for group in ('protocol', 'baseline', 'online_metric'):
-        for key, value in recomputed[group].items():
-            assert saved[group][key] == pytest.approx(value, rel=1e-9, nan_ok=True), (group, key)
+    recomputed = demo.score_recording(arrays, clip=saved['clip'])
+    for group in ('per_clip', 'sequence'):
+        for arm, scores in recomputed[group].items():
+            for key, value in scores.items():
+                assert saved[group][arm][key] == pytest.approx(value, rel=1e-9, nan_ok=True), (
+                    group, arm, key)
+    for key, value in recomputed['online_metric'].items():
+        assert saved['online_metric'][key] == pytest.approx(value, rel=1e-9), key
     assert demo.format_metrics(recomputed) in printed
+
+    # Paced by the node: nothing dropped, the scored frames are the first ones in a row, and
+    # the stream equals the node's estimator run offline on the same frames.
+    run = saved['run']
+    assert run['node_frames_dropped'] == 0 and run['camera_lost'] == 0, run
+    assert run['scored_consecutive'] and run['node_frames_in'] >= 10, run
+    assert 'dropped 0' in printed and 'latency' in printed
+    assert saved['live_vs_offline_stream_max_abs'] <= 1e-6, saved
 
     xyz, rgb = read_ply(out / 'cloud.ply')
     assert len(xyz) > 0 and np.isfinite(xyz).all() and (xyz[:, 2] > 0).all()
     assert saved['diagnostics'], 'no /diagnostics status recorded'
     if not weights:
         # The embedded model, on a held-out scene, must clearly beat a constant prediction.
-        assert saved['protocol']['abs_rel'] < 0.8 * saved['baseline']['abs_rel'], saved
-        assert saved['protocol']['delta1'] > saved['baseline']['delta1'] + 0.1, saved
+        live, constant = saved['per_clip']['live'], saved['per_clip']['baseline']
+        assert live['abs_rel'] < 0.8 * constant['abs_rel'], saved
+        assert live['delta1'] > constant['delta1'] + 0.1, saved
 
 
 def test_demo_rejects_bad_arguments(tmp_path, capsys):

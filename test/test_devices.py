@@ -106,3 +106,16 @@ def test_from_pretrained_auto_loads_in_the_chosen_dtype(cpu, monkeypatch, tmp_pa
                         lambda *a, **k: loaded.append(k['dtype']) or real(*a, **k))
     assert DepthRegressor.from_pretrained(folder, height=16, width=16).dtype == torch.bfloat16
     assert loaded == [torch.bfloat16]
+
+
+def test_fastest_backend_is_onnxruntime_on_the_cpu_where_installed(monkeypatch):
+    import importlib.util
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, 'find_spec',
+                        lambda name, *a: object() if name == 'onnxruntime' else real(name, *a))
+    assert devices.fastest_backend('cpu') == 'onnxruntime'
+    assert devices.fastest_backend('cuda') == 'torch'
+    monkeypatch.setattr(importlib.util, 'find_spec',
+                        lambda name, *a: None if name == 'onnxruntime' else real(name, *a))
+    assert devices.fastest_backend('cpu') == 'torch'

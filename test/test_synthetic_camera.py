@@ -118,3 +118,26 @@ def test_paced_camera_gives_up_frames_that_never_come_back(context):
         camera.destroy_node()
         sink.destroy_node()
     assert camera.lost >= 2 and camera.returned == 0
+
+
+def test_camera_waits_for_its_subscribers(context):
+    camera = SyntheticCamera(namespace='/wait', context=context, parameter_overrides=overrides(
+        width=16, height=16, num_frames=2, rate=200.0, min_subscribers=2))
+    first = Node('first_sink', namespace='/wait', context=context)
+    images = []
+    first.create_subscription(Image, 'image', images.append, qos_profile_sensor_data)
+    first.create_subscription(Image, 'ground_truth/depth', lambda msg: None,
+                              qos_profile_sensor_data)
+    spinner = Spinner(context, camera, first)
+    second = Node('second_sink', namespace='/wait', context=context)
+    try:
+        assert not wait_for(lambda: images, timeout=0.5)  # one subscriber of two: silent
+        assert camera.index == 0
+        second.create_subscription(Image, 'image', lambda msg: None, qos_profile_sensor_data)
+        second.create_subscription(Image, 'ground_truth/depth', lambda msg: None,
+                                   qos_profile_sensor_data)
+        assert wait_for(lambda: len(images) >= 2, timeout=10)
+    finally:
+        spinner.stop()
+        for node in (camera, first, second):
+            node.destroy_node()

@@ -73,11 +73,14 @@ def build_regressor(params):
     import torch
 
     from dvd_ros.model.regressor import DepthRegressor
+    options = {}
     if params.device.startswith('cpu'):
         # The worker shares the CPU with the executor threads: measured on 2 cores, two torch
-        # threads made a window of the tiny model 25x slower than one.
-        torch.set_num_threads(params.cpu_threads or max(1, (os.cpu_count() or 2) - 1))
-    options = {}
+        # threads made a window of the tiny model 25x slower than one (onnxruntime likewise).
+        threads = params.cpu_threads or max(1, (os.cpu_count() or 2) - 1)
+        torch.set_num_threads(threads)
+        if params.backend == 'onnxruntime':
+            options['threads'] = threads
     if params.precision:
         options['precision'] = params.precision
     if params.fp8_calibration:

@@ -42,9 +42,12 @@ class Recording:
     truth: dict = field(default_factory=dict)  # stamp -> (H, W) float32 metres
     disparity: dict = field(default_factory=dict)  # stamp -> (H, W) float32 relative
     depth: dict = field(default_factory=dict)  # stamp -> (H, W) float32 metres, NaN invalid
+    confidence: dict = field(default_factory=dict)  # stamp -> (H, W) float32 in [0, 1]
     points: dict = field(default_factory=dict)  # stamp -> (N, 3) float32 (NaN rows kept)
     info: dict = field(default_factory=dict)  # stamp -> (3, 3) K of depth/camera_info
     diagnostics: list = field(default_factory=list)  # [(key, value), ...] of the last status
+    camera: dict = field(default_factory=dict)  # the camera's counts: published, returned, lost
+    latency_s: dict = field(default_factory=dict)  # stamp -> seconds from stamp to disparity
 
     def complete_stamps(self):
         """Return sorted stamps that have an input image, ground truth and a disparity."""
@@ -123,6 +126,8 @@ def record_demo(camera_params, depth_params, frames, timeout, regressor=None, lo
         end = time.monotonic() + 1.2
         while time.monotonic() < end:
             executor.spin_once(timeout_sec=0.05)
+        recording.camera = {'published': camera.index, 'returned': camera.returned,
+                            'lost': camera.lost}
     finally:
         finish(nodes, executor, context)
     return recording
@@ -159,8 +164,14 @@ def _make_recorder(context, recording):
     node.create_subscription(Image, 'ground_truth/depth',
                              keep(recording.truth, messages.image_to_depth), sensor)
     # Disparity 0 is valid (the far end), unlike depth 0: read it as is, not as REP 118 depth.
-    node.create_subscription(Image, 'depth/disparity',
-                             keep(recording.disparity, _disparity), 50)
+    def keep_disparity(msg):
+        stamp = stamp_ns(msg.header.stamp)
+        recording.latency_s[stamp] = node.get_clock().now().nanoseconds * 1e-9 - stamp * 1e-9
+        recording.disparity[stamp] = _disparity(msg)
+
+    node.create_subscription(Image, 'depth/disparity', keep_disparity, 50)
+    node.create_subscription(Image, 'depth/confidence',
+                             keep(recording.confidence, _disparity), 50)
     node.create_subscription(Image, 'depth/image',
                              keep(recording.depth, messages.image_to_depth), 50)
     node.create_subscription(PointCloud2, 'depth/points',

@@ -50,6 +50,8 @@ CAMERA_PARAMETERS = (
     ParamSpec('hfov_deg', 60.0, 'horizontal field of view of a video source (for CameraInfo)',
               range=(10.0, 170.0), unit='deg'),
     ParamSpec('frame_id', 'camera_optical_frame', 'frame_id of every header (optical frame)'),
+    ParamSpec('min_subscribers', 0, 'publish nothing until image (and ground_truth/depth) have '
+              'this many subscribers, so no frame is lost while they connect', range=(0, 1000)),
     ParamSpec('pace_topic', '', "sensor_msgs/Image topic of the pipeline's output (e.g. "
               'depth/disparity): publish a frame only while fewer than max_in_flight frames '
               'have not come back on it (no drops, at the rate the pipeline sustains); empty = '
@@ -135,6 +137,7 @@ class SyntheticCamera(Node):
         self.intrinsics = intr.scaled(intr.width * p['upscale'], intr.height * p['upscale'])
         self.index = 0
         self.finished = False
+        self._waiting = p['min_subscribers'] > 0
         self.lost = 0  # paced frames given up after pace_timeout
         self.returned = 0  # paced frames that came back on pace_topic
         self._in_flight = {}  # stamp (ns) -> time.monotonic() at publication
@@ -185,8 +188,17 @@ class SyntheticCamera(Node):
             return self.source.get(self.index)
         return self.source.next(p['loop']), None
 
+    def _connected(self):
+        """Return True once every output has ``min_subscribers`` subscribers (then stays so)."""
+        if not self._waiting:
+            return True
+        need = self.params['min_subscribers']
+        publishers = [self.pub_image] + ([self.pub_truth] if self.pub_truth else [])
+        self._waiting = any(pub.get_subscription_count() < need for pub in publishers)
+        return not self._waiting
+
     def _tick(self):
-        if self.finished or not self._has_room():
+        if self.finished or not self._connected() or not self._has_room():
             return
         rgb, depth = self._next()
         if rgb is None:
