@@ -270,9 +270,19 @@ def test_cli_joint_stage_fine_tunes_a_model_end_to_end(tmp_path):
     assert models.meta['train']['stage'] == 'joint'
     assert models.meta['train']['pixel_weight'] == 0.5
     assert models.meta['base']['train'] == {'seed': 0}
-    # The encoder is the base's: same RGB latents.
+    # The encoder is the base's (same RGB latents); the DiT and the decoder were trained.
     x = torch.rand(1, 3, 5, 32, 32) * 2 - 1
+    before = load_models(base)
     with torch.no_grad():
         torch.testing.assert_close(
             latent.encode(models.vae, x, models.latents_mean, models.latents_std),
-            latent.encode(load_models(base).vae, x, presets.LATENTS_MEAN, presets.LATENTS_STD))
+            latent.encode(before.vae, x, presets.LATENTS_MEAN, presets.LATENTS_STD))
+    for new, old in ((models.transformer, before.transformer),
+                     (models.vae.decoder, before.vae.decoder)):
+        assert any(not torch.equal(p, q) for p, q in zip(new.parameters(), old.parameters()))
+    # Stage dit on a base without LoRA fine-tunes the whole DiT.
+    assert main(['train', str(tmp_path / 'd'), '--stage', 'dit', '--base', str(base),
+                 '--steps', '1'] + common) == 0
+    tuned = load_models(tmp_path / 'd' / 'converted').transformer
+    assert any(not torch.equal(p, q) for p, q in zip(tuned.parameters(),
+                                                      before.transformer.parameters()))

@@ -85,6 +85,8 @@ def run_stage(cfg, out, seeds, bank_path, height, width, clips_per_seed, clip_fr
                      if k in (models.meta or {})}
         if vae_dir is not None:
             vae, mean, std = load_vae_stage(vae_dir)
+        # Loaded for inference (frozen); without LoRA the whole base DiT is fine-tuned.
+        transformer.requires_grad_(not lora_rank)
     else:
         vae, mean, std = load_vae_stage(vae_dir)
         torch.manual_seed(cfg.seed)
@@ -116,5 +118,5 @@ def run_stage(cfg, out, seeds, bank_path, height, width, clips_per_seed, clip_fr
     from dvd_ros.train.export import save_trained
 
     paths = save_trained(out, transformer, vae, mean, std, meta, lora=lora)
-    return {'stage': 'dit', 'steps': trainer.step, 'train_seconds': meta['train_seconds'],
+    return {'stage': cfg.stage, 'steps': trainer.step, 'train_seconds': meta['train_seconds'],
             **{k: str(v) for k, v in paths.items()}}
