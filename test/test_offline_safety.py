@@ -340,12 +340,21 @@ def test_mp4_failure_causes(tmp_path, monkeypatch):
 
 
 def test_mp4_frame_of_another_size_is_an_error(tmp_path):
+    # VideoWriter would drop it silently.
+    from dataclasses import replace
+
     from test_offline_writers import make_result
 
+    first = make_result(0)
+    h, w = first.disparity.shape
+    # Started at an announced size that the first frame corrects (a rotated video).
     writer = writers.Mp4Writer(tmp_path, 10.0, size=(8, 6))
-    with pytest.raises(InputError, match='started at 8x6'):
-        writer.write(make_result(0))
+    writer.write(first)
+    other = replace(make_result(1), disparity=np.zeros((h + 2, w), np.float32))
+    with pytest.raises(InputError, match=f'started at {w}x{h}'):
+        writer.write(other)
     writer.close()
+    assert writers.count_video_frames(tmp_path / 'depth.mp4') == 1
 
 
 def test_png_writer_checks_the_file(tmp_path, monkeypatch):
@@ -403,7 +412,7 @@ def test_bag_writer_reads_its_bag_back(tmp_path, monkeypatch):
         self.counts[conn.topic] += 1  # claims a message the bag does not hold
 
     monkeypatch.setattr(writers.BagWriter, '_write', count_twice)
-    with pytest.raises(OSError, match='lists 3 of the 6 messages'):
+    with pytest.raises(OSError, match='holds 3 of the 6 messages'):
         run_pipeline(open_source(tmp_path / 'imgs'), StandInRegressor(),
                      config(tmp_path, ['bag']))
 
