@@ -417,17 +417,17 @@ def _run(source, regressor, config, progress_file):
     except KeyboardInterrupt as exc:
         failed = True
         report.interrupted = True
-        exc.report = report
+        _attach(exc, report)
         raise
     except SourceEndedEarly as exc:
         failed = True
         report.incomplete = str(exc)
-        exc.report = report
+        _attach(exc, report)
         raise
     except Exception as exc:
         failed = True
         report.error = str(exc)
-        exc.report = report
+        _attach(exc, report)
         raise
     finally:
         report.seconds = time.perf_counter() - started
@@ -455,12 +455,20 @@ def _run(source, regressor, config, progress_file):
                 report.notes.append(f'closing the outputs also failed: {close_error}')
             else:
                 report.error = str(close_error)
-                close_error.report = report
+                _attach(close_error, report)
                 raise close_error
     shortfall = getattr(source, 'shortfall', None)
     if shortfall and total == len(source):
         report.incomplete = shortfall
     return report
+
+
+def _attach(exc, report):
+    """Attach `report` to the exception that stops the run (the CLI prints its summary)."""
+    try:
+        exc.report = report
+    except AttributeError:  # an exception type with __slots__
+        pass
 
 
 class _CountingRegressor:

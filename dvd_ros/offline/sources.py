@@ -44,6 +44,8 @@ class SourceEndedEarly(InputError):
 
 
 def _kind_of(mode):
+    if not mode:
+        return 'a broken symbolic link'
     kinds = ((stat.S_ISFIFO, 'a FIFO (named pipe)'), (stat.S_ISCHR, 'a character device'),
              (stat.S_ISBLK, 'a block device'), (stat.S_ISSOCK, 'a socket'),
              (stat.S_ISDIR, 'a directory'))

@@ -350,6 +350,12 @@ class Mp4Writer:
             if self._size is not None:
                 raise InputError(f'{self.path} is already closed')
             self._open((w, h))
+        elif (w, h) != self._size and self.count == 0:
+            # The source's announced size was off (e.g. a rotated video): restart at the
+            # size the frames really have.
+            self._video.release()
+            self._video = None
+            self._open((w, h))
         if (w, h) != self._size:
             # VideoWriter drops a frame of another size without a word.
             raise InputError(f'frame {result.frame.index} is {w}x{h} but {self.path} was '
@@ -731,22 +737,25 @@ class BagWriter:
         self._verify()
 
     def _verify(self):
-        """Read the closed bag's index back: every message written must be listed."""
-        from dvd_ros.offline.sources import open_bag_reader
+        """Read the closed bag back: every message written must be in it."""
+        from dvd_ros.offline.sources import bag_messages, open_bag_reader
 
         try:
             reader = open_bag_reader(self.path)
         except InputError as exc:
             raise OSError(f'the bag written to {self.path} cannot be read back: {exc}') from exc
         try:
+            # Count what the storage really holds (the index alone repeats our own counts).
             found = {}
-            for conn in reader.connections:
-                found[conn.topic] = found.get(conn.topic, 0) + conn.msgcount
+            for conn, _, _ in bag_messages(reader, reader.connections, self.path):
+                found[conn.topic] = found.get(conn.topic, 0) + 1
+        except InputError as exc:
+            raise OSError(f'the bag written to {self.path} cannot be read back: {exc}') from exc
         finally:
             reader.close()
         missing = {t: (n, found.get(t, 0)) for t, n in self.counts.items()
                    if found.get(t, 0) != n}
         if missing:
             topic, (written, listed) = next(iter(missing.items()))
-            raise OSError(f'the bag {self.path} lists {listed} of the {written} messages '
+            raise OSError(f'the bag {self.path} holds {listed} of the {written} messages '
                           f'written on {topic} (disk full?)')
