@@ -3,9 +3,12 @@
 #   here:      bash scripts/device_wheels.sh
 #   on the GPU: bash scripts/device_check.sh      (carry .whl; results under $OUT; ~7 min,
 #               inside one run call of at most 600 s)
-# GPU tests (tensorrt ones skip where tensorrt is not installed), then the 1.3B benchmark
-# (random weights, 480x640) for the windows in BENCH_WINDOWS, then the accuracy per
-# precision on the embedded model. PYTHON overrides python3.
+# GPU tests (tensorrt ones skip where tensorrt is not installed), then the Wan VAE alone
+# (diffusers vs FastWanVAE, TFLOP/s), the 1.3B benchmark (random weights, 480x640) for the
+# windows in BENCH_WINDOWS (fast VAE, CUDA graphs and fp8 rows included), then the accuracy
+# per precision on the embedded model. PYTHON overrides python3.
+# Time budget of the 600 s call: tests ~90 s, VAE ~40 s, backends <= BENCH_SECONDS (240),
+# precision <= 90 s; every benchmark rewrites its result file as it goes.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT=${OUT:-out/device}
@@ -22,12 +25,16 @@ nvidia-smi > "$OUT/gpu.txt" 2>&1
 "$PY" -c "import torch, diffusers; print('torch', torch.__version__, 'cuda',
 torch.cuda.is_available(), 'diffusers', diffusers.__version__)" 2>&1 | tee "$OUT/versions.txt"
 "$PY" -m pytest -q -p no:cacheprovider -rs test/test_backends.py test/test_precision.py \
-  test/test_folding.py 2>&1 | tee "$OUT/pytest.log"
+  test/test_folding.py test/test_fast_vae.py test/test_cuda_graphs.py test/test_scaled_fp8.py \
+  2>&1 | tee "$OUT/pytest.log"
 status=${PIPESTATUS[0]}
 if "$PY" -c 'import torch, sys; sys.exit(not torch.cuda.is_available())'; then
-  timeout "${BENCH_SECONDS:-300}" "$PY" benchmarks/bench_backends.py --device cuda \
+  timeout 60 "$PY" benchmarks/bench_fast_vae.py --device cuda --windows 9,25 \
+    --out "$OUT/fast_vae_cuda.md" 2>&1 | tee "$OUT/fast_vae.log"
+  timeout "${BENCH_SECONDS:-240}" "$PY" benchmarks/bench_backends.py --device cuda \
     --windows "${BENCH_WINDOWS:-9,25}" --repeats 3 \
-    --backends "${BENCH_BACKENDS:-torch,torch-unfolded,onnxruntime,tensorrt:bf16,torch-compile}" \
+    --backends "${BENCH_BACKENDS:-torch,torch-no-graphs,torch-diffusers-vae,torch:fp8,\
+torch-unfolded,onnxruntime,tensorrt:bf16,torch-compile}" \
     --out "$OUT/backends_cuda.md" 2>&1 | tee "$OUT/bench.log"
   timeout 90 "$PY" benchmarks/bench_precision.py --device cuda \
     --out "$OUT/precision_cuda.md" 2>&1 | tee "$OUT/precision.log"

@@ -190,3 +190,17 @@ def test_torch_backend_uses_it_by_default_and_can_keep_diffusers(fixtures, vae_i
     latents = fast.encode(vae_io['video'])
     assert max_err(latents, slow.encode(vae_io['video'])) <= EXACT
     assert max_err(fast.decode(vae_io['latents']), slow.decode(vae_io['latents'])) <= EXACT
+
+
+def test_torch_backend_temporal_mode_option(fixtures, vae_io):
+    from dvd_ros.errors import InputError
+
+    load = lambda: checkpoint.load_models(fixtures / 'dvd_tiny_dit.safetensors')  # noqa: E731
+    conv3d = TorchBackend(load(), vae_temporal='conv3d')
+    assert conv3d.fast_vae.temporal == 'conv3d'
+    taps = TorchBackend(load())
+    assert taps.fast_vae.temporal == 'taps'
+    # Each is within EXACT of diffusers, in its own summation order.
+    assert max_err(conv3d.decode(vae_io['latents']), taps.decode(vae_io['latents'])) <= 2 * EXACT
+    with pytest.raises(InputError, match='temporal'):
+        TorchBackend(load(), vae_temporal='conv2d')

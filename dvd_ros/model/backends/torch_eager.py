@@ -78,7 +78,8 @@ class TorchBackend:
     name = 'torch'
 
     def __init__(self, models, device='cpu', dtype=torch.float32, fold=True, fast_vae=True,
-                 cuda_graphs=True, precision=None, calibration=None, calibration_size=None):
+                 cuda_graphs=True, precision=None, calibration=None, calibration_size=None,
+                 vae_temporal='taps'):
         """Place ``models`` on ``device`` in ``dtype`` (in place) and cache the constants.
 
         :param models: a ``DVDModels``.
@@ -97,6 +98,8 @@ class TorchBackend:
             input scales; None = a rendered synthetic room.
         :param calibration_size: fp8: ``(height, width)`` the calibration frames are
             encoded at; None = the weights' processing size (480x640 for DVD).
+        :param vae_temporal: the fast VAE's causal convolutions: 'taps' (three 2-D
+            convolutions) or 'conv3d' (see ``dvd_ros.model.fast_vae``).
         :raises BackendUnavailable: CUDA requested but absent.
         :raises InputError: an unknown precision, or fp8 without ``fold``.
         """
@@ -121,8 +124,11 @@ class TorchBackend:
             try:
                 # Built after placing: it copies the weights in the run dtype and device,
                 # with DVD's latent normalisation folded into its first/last layers.
-                self.fast_vae = FastWanVAE(self.vae, models.latents_mean, models.latents_std)
-            except UnsupportedVAE as exc:
+                self.fast_vae = FastWanVAE(self.vae, models.latents_mean, models.latents_std,
+                                           temporal=vae_temporal)
+            except ValueError as exc:
+                if not isinstance(exc, UnsupportedVAE):
+                    raise InputError(f'backend torch: {exc}') from None
                 LOG.info('fast VAE not used (%s); running the diffusers VAE', exc)
         self.graphs = None  # set after calibration: no graph for the calibration shape
         self.precision = self._quantize(precision, calibration, calibration_size)
