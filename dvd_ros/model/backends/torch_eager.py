@@ -179,9 +179,22 @@ class TorchBackend:
         """Decode normalised latents to ``(1, 3, T, H, W)`` clamped to [-1, 1]."""
         return self._stage('decode', self._decode, latents.to(device=self.device))
 
+    def _fast_or_none(self, stage, x):
+        """Run the fast VAE's ``stage``; None when it ran out of GPU memory (whole window)."""
+        try:
+            return getattr(self.fast_vae, stage)(x)
+        except torch.OutOfMemoryError:
+            # The fast VAE holds whole-window activations; diffusers decodes chunk by chunk.
+            LOG.warning('fast VAE %s of %s ran out of GPU memory; using the diffusers VAE '
+                        'for it (fast_vae=False avoids the attempt)', stage, tuple(x.shape))
+            torch.cuda.empty_cache()
+            return None
+
     def _encode(self, video):
         if self.fast_vae is not None:
-            return self.fast_vae.encode(video)
+            out = self._fast_or_none('encode', video)
+            if out is not None:
+                return out
         mu = self.vae.encode(video).latent_dist.mode()  # posterior mean, never a sample
         return ((mu.float() - self.mean) / self.std).to(self.dtype)
 
@@ -192,6 +205,8 @@ class TorchBackend:
 
     def _decode(self, latents):
         if self.fast_vae is not None:
-            return self.fast_vae.decode(latents)
+            out = self._fast_or_none('decode', latents)
+            if out is not None:
+                return out
         mu = (latents.float() * self.std + self.mean).to(self.dtype)
         return self.vae.decode(mu, return_dict=False)[0].clamp(-1.0, 1.0)
