@@ -89,6 +89,28 @@ def main(argv=None):
 
         arms['fast taps + CUDA graphs'] = arms['fast taps']
     rows, begin = [], time.perf_counter()
+
+    def report(final):
+        lines = ['| window | arm | encode (ms) | decode (ms) | VAE (ms) | speed-up vs diffusers | '
+                 'TFLOP/s | latents vs fp32 | video vs fp32 |',
+                 '|---|---|---|---|---|---|---|---|---|']
+        for r in rows:
+            base = next(b for b in rows if b['window'] == r['window'] and b['arm'] == 'diffusers')
+            total = r['encode'] + r['decode']
+            lines.append(f'| {r["window"]} | {r["arm"]} | {r["encode"] * 1e3:.1f} | '
+                         f'{r["decode"] * 1e3:.1f} | {total * 1e3:.1f} | '
+                         f'{(base["encode"] + base["decode"]) / total:.2f}x | {r["tflops"]:.3g} | '
+                         f'{r["enc_err"]:.1e} | {r["dec_err"]:.1e} |')
+        where = torch.cuda.get_device_name(device) if cuda else \
+            f'CPU, {args.threads} thread(s) of {os.cpu_count()} cores'
+        text = (f'# Wan VAE: diffusers vs FastWanVAE ({device.type}), config {config}, '
+                f'{height}x{width}, {str(dtype).replace("torch.", "")}\n\n'
+                f'torch {torch.__version__}, {where}; median of {args.repeats} calls after one; '
+                f'total {time.perf_counter() - begin:.0f} s.\n'
+                f'Command: `{command_line("bench_fast_vae.py", argv)}`\n\n'
+                + '\n'.join(lines) + '\n')
+        return write_report(text, args.out, f'fast_vae_{device.type}', quiet=not final)
+
     for window in windows:
         generator = torch.Generator().manual_seed(window)
         video32 = (torch.rand(1, 3, window, height, width, generator=generator) * 2 - 1).to(
@@ -133,24 +155,8 @@ def main(argv=None):
             if cuda:
                 del got_mu, got_out
                 torch.cuda.empty_cache()
-    lines = ['| window | arm | encode (ms) | decode (ms) | VAE (ms) | speed-up vs diffusers | '
-             'TFLOP/s | latents vs fp32 | video vs fp32 |',
-             '|---|---|---|---|---|---|---|---|---|']
-    for r in rows:
-        base = next(b for b in rows if b['window'] == r['window'] and b['arm'] == 'diffusers')
-        total = r['encode'] + r['decode']
-        lines.append(f'| {r["window"]} | {r["arm"]} | {r["encode"] * 1e3:.1f} | '
-                     f'{r["decode"] * 1e3:.1f} | {total * 1e3:.1f} | '
-                     f'{(base["encode"] + base["decode"]) / total:.2f}x | {r["tflops"]:.3g} | '
-                     f'{r["enc_err"]:.1e} | {r["dec_err"]:.1e} |')
-    where = torch.cuda.get_device_name(device) if cuda else \
-        f'CPU, {args.threads} thread(s) of {os.cpu_count()} cores'
-    text = (f'# Wan VAE: diffusers vs FastWanVAE ({device.type}), config {config}, '
-            f'{height}x{width}, {str(dtype).replace("torch.", "")}\n\n'
-            f'torch {torch.__version__}, {where}; median of {args.repeats} calls after one; '
-            f'total {time.perf_counter() - begin:.0f} s.\n'
-            f'Command: `{command_line("bench_fast_vae.py", argv)}`\n\n' + '\n'.join(lines) + '\n')
-    write_report(text, args.out, f'fast_vae_{device.type}')
+            report(False)  # a run cut short by a time limit keeps what it measured
+    report(True)
     return 0
 
 
