@@ -267,7 +267,7 @@ def table(rows):
             f'| {r["config"]} | {r["window"]} | {r["size"]} | {r["backend"]} | {r["dtype"]} | '
             f'{r["first"]:.2f} | {r["encode"] * 1e3:.1f} | {r["dit"] * 1e3:.1f} | '
             f'{r["decode"] * 1e3:.1f} | {r["total"] * 1e3:.1f} | '
-            f'{r["window"] / r["total"]:.2f} | {ratio} | {dit_ratio} | {vae_tflops(r):.2f} | '
+            f'{r["window"] / r["total"]:.2f} | {ratio} | {dit_ratio} | {vae_tflops(r):.3g} | '
             f'{r["error"]:.1e} |')
     return '\n'.join(lines) + '\n'
 

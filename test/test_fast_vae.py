@@ -190,3 +190,60 @@ def test_torch_backend_uses_it_by_default_and_can_keep_diffusers(fixtures, vae_i
     latents = fast.encode(vae_io['video'])
     assert max_err(latents, slow.encode(vae_io['video'])) <= EXACT
     assert max_err(fast.decode(vae_io['latents']), slow.decode(vae_io['latents'])) <= EXACT
+
+
+def test_torch_backend_temporal_mode_option(fixtures, vae_io):
+    from dvd_ros.errors import InputError
+
+    load = lambda: checkpoint.load_models(fixtures / 'dvd_tiny_dit.safetensors')  # noqa: E731
+    conv3d = TorchBackend(load(), vae_temporal='conv3d')
+    assert conv3d.fast_vae.temporal == 'conv3d'
+    taps = TorchBackend(load())
+    assert taps.fast_vae.temporal == 'taps'
+    # Each is within EXACT of diffusers, in its own summation order.
+    assert max_err(conv3d.decode(vae_io['latents']), taps.decode(vae_io['latents'])) <= 2 * EXACT
+    with pytest.raises(InputError, match='temporal'):
+        TorchBackend(load(), vae_temporal='conv2d')
+
+
+def test_out_of_gpu_memory_falls_back_to_diffusers(fixtures, vae_io, monkeypatch, caplog):
+    backend = TorchBackend(checkpoint.load_models(fixtures / 'dvd_tiny_dit.safetensors'))
+    expected = backend.decode(vae_io['latents'])
+
+    def out_of_memory(latents):
+        raise torch.OutOfMemoryError('CUDA out of memory (simulated)')
+
+    monkeypatch.setattr(backend.fast_vae, 'decode', out_of_memory)
+    with caplog.at_level('WARNING', logger='dvd_ros.backends.torch'):
+        got = backend.decode(vae_io['latents'])
+    assert max_err(got, expected) <= EXACT  # the diffusers VAE, same numbers
+    assert any('ran out of GPU memory' in r.getMessage() for r in caplog.records)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(),
+                    reason=f'needs a CUDA GPU; this torch ({torch.__version__}) sees none')
+def test_cuda_equals_diffusers(wan21_vae):
+    import copy
+
+    generator = torch.Generator().manual_seed(5)
+    video = (torch.rand(1, 3, 9, 64, 64, generator=generator) * 2 - 1).cuda()
+    vae32 = copy.deepcopy(wan21_vae).cuda()
+    tf32 = torch.backends.cudnn.allow_tf32
+    torch.backends.cudnn.allow_tf32 = False  # TF32 convolutions would round at 1e-3
+    try:
+        with torch.inference_mode():
+            mu32 = vae32.encode(video).latent_dist.mean
+            out32 = vae32.decode(mu32).sample
+        fast32 = FastWanVAE(vae32)
+        assert max_err(fast32.encode(video), mu32) <= 1e-4
+        assert max_err(fast32.decode(mu32), out32) <= 1e-4
+    finally:
+        torch.backends.cudnn.allow_tf32 = tf32
+    half = copy.deepcopy(vae32).to(torch.bfloat16)
+    with torch.inference_mode():
+        mu16 = half.encode(video.bfloat16()).latent_dist.mean
+        out16 = half.decode(mu32.bfloat16()).sample
+    fast16 = FastWanVAE(half)
+    rel = lambda a, b: ((a.float() - b).norm() / b.norm()).item()  # noqa: E731
+    assert rel(fast16.encode(video), mu32) <= 1.5 * rel(mu16, mu32)
+    assert rel(fast16.decode(mu32), out32) <= 1.5 * rel(out16, out32)

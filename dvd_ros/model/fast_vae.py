@@ -124,6 +124,14 @@ class _Linear:
         self.weight = weight.detach().reshape(weight.shape[0], -1).clone()
         self.bias = None if bias is None else bias.detach().clone()
 
+    def accumulate(self, out, x):
+        """Add ``x @ W.T`` (no bias) to the contiguous ``out`` in place; return ``out``."""
+        if self.ctx.counter is not None:
+            self.ctx.counter.add(2 * x.numel() * self.weight.shape[0])
+        flat = out.view(-1, out.shape[-1])
+        flat.addmm_(x.reshape(-1, x.shape[-1]), self.weight.t())
+        return out
+
     def __call__(self, x, with_bias=True):
         """Apply to the last dimension of ``x``."""
         if self.ctx.counter is not None:
@@ -218,10 +226,13 @@ class _Residual:
         With ``pad_output`` the result has a zero row and column appended at the
         bottom/right: the downsampler's padding, written for free by the residual sum.
         """
-        h = x if self.shortcut is None else self.shortcut(x)
         y = self.conv2(_norm_silu(self.conv1(_norm_silu(x, self.gamma1)), self.gamma2))
         if not self.pad_output:
-            return y.add_(h)
+            if self.shortcut is None:
+                return y.add_(x)
+            # The 1x1x1 shortcut accumulates straight into the conv output (one GEMM, beta 1).
+            return self.shortcut.accumulate(y, x)
+        h = x if self.shortcut is None else self.shortcut(x)
         b, t, rows, cols, c = y.shape
         out = y.new_empty(b, t, rows + 1, cols + 1, c)
         out[:, :, rows].zero_()

@@ -78,7 +78,8 @@ class TorchBackend:
     name = 'torch'
 
     def __init__(self, models, device='cpu', dtype=torch.float32, fold=True, fast_vae=True,
-                 cuda_graphs=True, precision=None, calibration=None, calibration_size=None):
+                 cuda_graphs=True, precision=None, calibration=None, calibration_size=None,
+                 vae_temporal='taps'):
         """Place ``models`` on ``device`` in ``dtype`` (in place) and cache the constants.
 
         :param models: a ``DVDModels``.
@@ -97,6 +98,8 @@ class TorchBackend:
             input scales; None = a rendered synthetic room.
         :param calibration_size: fp8: ``(height, width)`` the calibration frames are
             encoded at; None = the weights' processing size (480x640 for DVD).
+        :param vae_temporal: the fast VAE's causal convolutions: 'taps' (three 2-D
+            convolutions) or 'conv3d' (see ``dvd_ros.model.fast_vae``).
         :raises BackendUnavailable: CUDA requested but absent.
         :raises InputError: an unknown precision, or fp8 without ``fold``.
         """
@@ -121,8 +124,11 @@ class TorchBackend:
             try:
                 # Built after placing: it copies the weights in the run dtype and device,
                 # with DVD's latent normalisation folded into its first/last layers.
-                self.fast_vae = FastWanVAE(self.vae, models.latents_mean, models.latents_std)
-            except UnsupportedVAE as exc:
+                self.fast_vae = FastWanVAE(self.vae, models.latents_mean, models.latents_std,
+                                           temporal=vae_temporal)
+            except ValueError as exc:
+                if not isinstance(exc, UnsupportedVAE):
+                    raise InputError(f'backend torch: {exc}') from None
                 LOG.info('fast VAE not used (%s); running the diffusers VAE', exc)
         self.graphs = None  # set after calibration: no graph for the calibration shape
         self.precision = self._quantize(precision, calibration, calibration_size)
@@ -173,9 +179,22 @@ class TorchBackend:
         """Decode normalised latents to ``(1, 3, T, H, W)`` clamped to [-1, 1]."""
         return self._stage('decode', self._decode, latents.to(device=self.device))
 
+    def _fast_or_none(self, stage, x):
+        """Run the fast VAE's ``stage``; None when it ran out of GPU memory (whole window)."""
+        try:
+            return getattr(self.fast_vae, stage)(x)
+        except torch.OutOfMemoryError:
+            # The fast VAE holds whole-window activations; diffusers decodes chunk by chunk.
+            LOG.warning('fast VAE %s of %s ran out of GPU memory; using the diffusers VAE '
+                        'for it (fast_vae=False avoids the attempt)', stage, tuple(x.shape))
+            torch.cuda.empty_cache()
+            return None
+
     def _encode(self, video):
         if self.fast_vae is not None:
-            return self.fast_vae.encode(video)
+            out = self._fast_or_none('encode', video)
+            if out is not None:
+                return out
         mu = self.vae.encode(video).latent_dist.mode()  # posterior mean, never a sample
         return ((mu.float() - self.mean) / self.std).to(self.dtype)
 
@@ -186,6 +205,8 @@ class TorchBackend:
 
     def _decode(self, latents):
         if self.fast_vae is not None:
-            return self.fast_vae.decode(latents)
+            out = self._fast_or_none('decode', latents)
+            if out is not None:
+                return out
         mu = (latents.float() * self.std + self.mean).to(self.dtype)
         return self.vae.decode(mu, return_dict=False)[0].clamp(-1.0, 1.0)
