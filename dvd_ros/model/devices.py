@@ -116,9 +116,9 @@ def choose_dtype(dtype, device='cpu', backend='torch'):
 def fastest_backend(device='cpu'):
     """Return the backend that runs the model fastest at full accuracy on ``device``.
 
-    On the CPU that is onnxruntime when it is installed (float32 graphs: measured ~4x the
-    speed of float32 torch with bit-level agreement, docs/acceleration.md), else torch (with
-    ``dtype: auto``); on CUDA torch (TensorRT needs an engine build first).
+    On the CPU that is onnxruntime when it is installed (float32 graphs: measured 3-4x the
+    speed of float32 torch with the same held-out accuracy, docs/acceleration.md), else torch
+    (with ``dtype: auto``); on CUDA torch (TensorRT needs an engine build first).
     """
     import importlib.util
 
