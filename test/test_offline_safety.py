@@ -131,14 +131,16 @@ def test_symlinks_are_resolved(tmp_path, capsys, stand_in):
     assert tree_digest(tmp_path / 'in') == before
 
 
-def test_an_input_elsewhere_in_out_is_fine(tmp_path, capsys, stand_in):
-    # Only the run's own output names are touched; a recording kept beside them is safe.
+def test_an_input_inside_the_output_folder_is_refused(tmp_path, capsys, stand_in):
+    # Not one of this run's output names, but inside --out: one --overwrite or a later run
+    # with other outputs away from being replaced, so it is refused before anything is touched.
     write_folder(tmp_path / 'out' / 'frames', synthetic_frames(3))
-    before = tree_digest(tmp_path / 'out' / 'frames')
+    before = tree_digest(tmp_path / 'out')
     status, err = run_cli(capsys, tmp_path / 'out' / 'frames', '--out', tmp_path / 'out',
-                          '--outputs', 'png16', '--window', WINDOW, '--overlap', OVERLAP)
-    assert status == 0, err
-    assert tree_digest(tmp_path / 'out' / 'frames') == before
+                          '--outputs', 'png16', '--overwrite', '--window', WINDOW,
+                          '--overlap', OVERLAP)
+    assert status == 2 and 'lies inside the output folder' in err, err
+    assert tree_digest(tmp_path / 'out') == before
 
 
 def test_python_api_checks_the_overlap_too(tmp_path):

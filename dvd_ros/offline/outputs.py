@@ -69,8 +69,8 @@ class OutputPlan:
         """Raise InputError when an output (or --out) and the input overlap.
 
         Paths are compared after resolving symlinks: an output may not be the input, lie
-        inside it or contain it, and --out may not be the input or lie inside it.  An input
-        elsewhere inside --out is fine: the run only touches its own output names.
+        inside it or contain it, and --out may not be the input, lie inside it or contain it
+        (an input inside the output folder is one ``--overwrite`` or a later run could reach).
         """
         if input_path is None:
             return
@@ -90,6 +90,9 @@ class OutputPlan:
             if _inside(real, source):
                 raise InputError(f'the output {path} would be written inside the input '
                                  f'{input_path}; choose an --out outside the input')
+        if _inside(source, root):
+            raise InputError(f'the input {input_path} lies inside the output folder '
+                             f'{self.root}; move the input out of it or choose another --out')
 
     def existing(self):
         """Return the outputs of a previous run that are in the way (final names only)."""
