@@ -1,8 +1,8 @@
-"""Our own executor of the Wan2.1 VAE: whole window at once, channels-last, no padding copies.
+"""Our own executor of the Wan2.1 VAE: whole window per pass, channels-last, no padding copies.
 
 ``FastWanVAE`` computes what ``AutoencoderKLWan.encode(x).latent_dist.mean`` and
 ``AutoencoderKLWan.decode(z).sample`` compute, from the same parameters, but not the
-way diffusers does it. Why each choice (measured in ``benchmarks/bench_backends.py``):
+way diffusers does it. Why each choice (measured in ``benchmarks/bench_fast_vae.py``):
 
 - **Whole window, no feature cache.** Diffusers encodes frame 0 alone and then chunks of
   4 frames (decodes one latent frame at a time), carrying the last two frames of every
