@@ -204,20 +204,51 @@ def test_torch_backend_temporal_mode_option(fixtures, vae_io):
     assert max_err(conv3d.decode(vae_io['latents']), taps.decode(vae_io['latents'])) <= 2 * EXACT
     with pytest.raises(InputError, match='temporal'):
         TorchBackend(load(), vae_temporal='conv2d')
+    chunked = TorchBackend(load(), vae_chunk_frames=1)
+    assert torch.equal(chunked.decode(vae_io['latents']), taps.decode(vae_io['latents']))
 
 
-def test_out_of_gpu_memory_falls_back_to_diffusers(fixtures, vae_io, monkeypatch, caplog):
+@pytest.mark.parametrize('whole_fits, chunks_fit', [(False, True), (False, False)])
+def test_out_of_gpu_memory_runs_in_chunks_then_diffusers(fixtures, vae_io, monkeypatch,
+                                                         caplog, whole_fits, chunks_fit):
     backend = TorchBackend(checkpoint.load_models(fixtures / 'dvd_tiny_dit.safetensors'))
     expected = backend.decode(vae_io['latents'])
+    decode, calls = backend.fast_vae.decode, []
 
-    def out_of_memory(latents):
-        raise torch.OutOfMemoryError('CUDA out of memory (simulated)')
+    def limited(latents, chunk_frames=None):
+        calls.append(chunk_frames)
+        if (chunk_frames is None and not whole_fits) or (chunk_frames and not chunks_fit):
+            raise torch.OutOfMemoryError('CUDA out of memory (simulated)')
+        return decode(latents, chunk_frames=chunk_frames)
 
-    monkeypatch.setattr(backend.fast_vae, 'decode', out_of_memory)
+    monkeypatch.setattr(backend.fast_vae, 'decode', limited)
     with caplog.at_level('WARNING', logger='dvd_ros.backends.torch'):
         got = backend.decode(vae_io['latents'])
-    assert max_err(got, expected) <= EXACT  # the diffusers VAE, same numbers
+    assert calls == [None, 1]  # whole window, then one latent frame per pass
+    assert max_err(got, expected) <= EXACT  # chunks or the diffusers VAE: the same numbers
     assert any('ran out of GPU memory' in r.getMessage() for r in caplog.records)
+
+
+@pytest.mark.parametrize('chunk', [1, 4, 8])
+def test_temporal_chunks_equal_the_whole_window(tiny_vae, vae_io, chunk):
+    for temporal in ('taps', 'conv3d'):
+        fast = FastWanVAE(tiny_vae, temporal=temporal)
+        video, mu = vae_io['video'], vae_io['latents_unnormalised_mu']
+        # Per-frame convolutions and the same summation order: bit for bit on CPU.
+        assert torch.equal(fast.encode(video, chunk_frames=chunk), fast.encode(video))
+        assert torch.equal(fast.decode(mu, chunk_frames=chunk), fast.decode(mu))
+
+
+def test_temporal_chunks_equal_diffusers_at_full_size(wan21_vae):
+    video = torch.rand(1, 3, 13, 16, 16, generator=torch.Generator().manual_seed(13)) * 2 - 1
+    fast = FastWanVAE(wan21_vae)
+    with torch.inference_mode():
+        mu = wan21_vae.encode(video).latent_dist.mean
+        out = wan21_vae.decode(mu).sample
+    for chunk in (4, 8):  # chunks 1+4+4+4 and 5+8
+        assert max_err(fast.encode(video, chunk_frames=chunk), mu) <= EXACT
+    for chunk in (1, 2, 3):
+        assert max_err(fast.decode(mu, chunk_frames=chunk), out) <= EXACT
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(),

@@ -1,8 +1,8 @@
-"""Our own executor of the Wan2.1 VAE: whole window at once, channels-last, no padding copies.
+"""Our own executor of the Wan2.1 VAE: whole window per pass, channels-last, no padding copies.
 
 ``FastWanVAE`` computes what ``AutoencoderKLWan.encode(x).latent_dist.mean`` and
 ``AutoencoderKLWan.decode(z).sample`` compute, from the same parameters, but not the
-way diffusers does it. Why each choice (measured in ``benchmarks/bench_backends.py``):
+way diffusers does it. Why each choice (measured in ``benchmarks/bench_fast_vae.py``):
 
 - **Whole window, no feature cache.** Diffusers encodes frame 0 alone and then chunks of
   4 frames (decodes one latent frame at a time), carrying the last two frames of every
@@ -19,6 +19,10 @@ way diffusers does it. Why each choice (measured in ``benchmarks/bench_backends.
   batched convolutions and no per-chunk copies (``test/test_fast_vae.py`` holds it to
   diffusers within 1e-5 in float32). Inputs that are not 4n+1 frames long are cut to
   ``1 + 4 * ((T - 1) // 4)`` frames, as diffusers does.
+  For less memory, ``chunk_frames`` runs the window in temporal chunks carrying each
+  causal layer's last two input frames (the time resamplers their own history) from
+  chunk to chunk: bit for bit the whole-window result on CPU, since every convolution
+  is per frame and the taps are summed in the same order.
 - **Causal convolution as three 2-D convolutions.** A causal 3x3x3 convolution over
   ``T`` frames is the sum of three 3x3 convolutions of time-shifted frame ranges: tap 2
   over all frames (with the bias), tap 1 added to frames 1.., tap 0 to frames 2... The
@@ -87,9 +91,39 @@ def _cl(weight):
 
 
 class _Context:
-    """Per-call state shared by the layers: the optional FLOP counter."""
+    """Per-call state shared by the layers: the FLOP counter, the chunk history."""
 
     counter = None
+    # While a window runs in temporal chunks: layer -> what it keeps of earlier chunks.
+    state = None
+
+
+def _causal_sum(y, sources, taps, past, run):
+    """Add the causal taps 1 and 0 of ``sources`` (and of ``past``, earlier frames) to ``y``.
+
+    ``y[t] += tap1(X[t-1]) + tap0(X[t-2])`` where ``X`` is ``past`` followed by
+    ``sources``, zero before its start; frames along dimension 0 of ``y``/``sources``.
+    """
+    count = y.shape[0]
+    if count > 1:
+        y[1:] += run(sources[:-1], taps[1])
+    if count > 2:
+        y[2:] += run(sources[:-2], taps[0])
+    if past is not None:
+        known = past.shape[0]
+        for tap, shift in ((1, 1), (0, 2)):
+            first, last = max(0, shift - known), min(shift, count)
+            if first < last:
+                y[first:last] += run(past[known - shift + first:known - shift + last],
+                                     taps[tap])
+    return y
+
+
+def _keep_last_two(past, x):
+    """Return the last two frames of ``past`` followed by ``x`` (dim 1), as a new tensor."""
+    if x.shape[1] >= 2 or past is None:
+        return x[:, -2:].clone()
+    return torch.cat([past[:, -1:], x], dim=1)
 
 
 class _Conv2d:
@@ -157,25 +191,35 @@ class _CausalConv:
     def __call__(self, x):
         """Convolve ``(B, T, H, W, C)``; return ``(B, T, H, W, C_out)``."""
         if x.shape[0] != 1:
+            if self.ctx.state is not None:
+                raise ValueError('temporal chunks are supported for batch 1 only')
             return torch.cat([self(x[i:i + 1]) for i in range(x.shape[0])])
+        past = None
+        if self.ctx.state is not None:  # chunked window: the last two frames of before
+            past = self.ctx.state.get(self)
+            self.ctx.state[self] = _keep_last_two(past, x)
         if self.temporal == 'conv3d':
-            return self._conv3d(x)
+            return self._conv3d(x, past)
         frames = _frames(x)  # (T, C, H, W)
-        count = frames.shape[0]
         y = F.conv2d(frames, self.taps[2], self.bias, 1, 1)
-        if count > 1:
-            y[1:] += F.conv2d(frames[:-1], self.taps[1], None, 1, 1)
-        if count > 2:
-            y[2:] += F.conv2d(frames[:-2], self.taps[0], None, 1, 1)
         if self.ctx.counter is not None:
-            per_frame = 2 * (y.numel() // count) * self.cin * 9
-            self.ctx.counter.add(per_frame * (count + max(count - 1, 0) + max(count - 2, 0)))
+            self.ctx.counter.add(2 * y.numel() * self.cin * 9)
+        _causal_sum(y, frames, self.taps, None if past is None else _frames(past), self._tap)
         return _physical(y, 1)
 
-    def _conv3d(self, x):
+    def _tap(self, frames, weight):
+        if self.ctx.counter is not None:
+            self.ctx.counter.add(2 * frames.shape[0] * frames.shape[2] * frames.shape[3]
+                                 * weight.shape[0] * self.cin * 9)
+        return F.conv2d(frames, weight, None, 1, 1)
+
+    def _conv3d(self, x, past=None):
         _, t, h, w, c = x.shape
         buffer = x.new_empty(1, t + 2, h, w, c)  # the causal padding lives in the buffer
-        buffer[:, :2].zero_()
+        known = 0 if past is None else past.shape[1]
+        buffer[:, :2 - known].zero_()
+        if known:
+            buffer[:, 2 - known:2].copy_(past)
         buffer[:, 2:].copy_(x)
         y = F.conv3d(buffer.permute(0, 4, 1, 2, 3), self.weight, self.bias, 1, (0, 1, 1))
         if self.ctx.counter is not None:
@@ -265,6 +309,7 @@ class _Downsample:
     """``WanResample`` downsample2d/3d: zero pad right/bottom, 3x3 stride 2, then (3d) time."""
 
     def __init__(self, ctx, block):
+        self.ctx = ctx
         conv = block.resample[1]
         self.spatial = _Conv2d(ctx, conv.weight, conv.bias, stride=2, padding=0)
         self.time = None
@@ -276,19 +321,32 @@ class _Downsample:
     def __call__(self, x):
         """Apply to ``(B, T, H+1, W+1, C)`` (already padded by the residual block before)."""
         y = self.spatial(x)
-        if self.time is None or y.shape[1] == 1:
+        if self.time is None:
             return y
-        # Frame 0 passes; frame j >= 1 = W0 f[2j-2] + W1 f[2j-1] + W2 f[2j].
-        timed = self.time[2](y[:, 2::2])
-        timed += self.time[1](y[:, 1:-1:2])
-        timed += self.time[0](y[:, 0:-2:2])
-        return torch.cat([y[:, :1], timed], dim=1)
+        state = self.ctx.state
+        past = None if state is None else state.get(self)
+        if state is not None:
+            state[self] = y[:, -1:].clone()
+        if past is None:  # the window's start: frame 0 passes
+            if y.shape[1] == 1:
+                return y
+            return torch.cat([y[:, :1], self._stride2(y)], dim=1)
+        # A later chunk (an even number of frames): the windows continue from the last frame.
+        return self._stride2(torch.cat([past, y], dim=1))
+
+    def _stride2(self, z):
+        """Frames ``(z[2j-2], z[2j-1], z[2j])`` -> output ``j`` for j = 1.. (odd length)."""
+        timed = self.time[2](z[:, 2::2])
+        timed += self.time[1](z[:, 1:-1:2])
+        timed += self.time[0](z[:, 0:-2:2])
+        return timed
 
 
 class _Upsample:
     """``WanResample`` upsample2d/3d: (3d) time conv doubling frames 1.., nearest x2, 3x3."""
 
     def __init__(self, ctx, block):
+        self.ctx = ctx
         conv = block.resample[1]
         self.spatial = _Conv2d(ctx, conv.weight, conv.bias, stride=1, padding=1)
         self.time = None
@@ -302,24 +360,31 @@ class _Upsample:
     def __call__(self, x):
         """Apply to ``(B, T, H, W, C)``; return ``(B, T', 2H, 2W, C')``."""
         b, t, h, w, c = x.shape
-        if self.time is None or t == 1:
+        if self.time is None:
             up = x.new_empty(b, t, 2 * h, 2 * w, c)
             up.view(b, t, h, 2, w, 2, c).copy_(x[:, :, :, None, :, None, :].expand(
                 b, t, h, 2, w, 2, c))
             return self.spatial(up)
-        rest = x[:, 1:]
-        n = t - 1
-        timed = self.time[2](rest)  # (b, n, h, w, 2c): channels [even frame | odd frame]
-        if n > 1:
-            timed[:, 1:] += self.time[1](rest[:, :-1])
-        if n > 2:
-            timed[:, 2:] += self.time[0](rest[:, :-2])
-        up = x.new_empty(b, 1 + 2 * n, 2 * h, 2 * w, c)
-        up[:, :1].view(b, 1, h, 2, w, 2, c).copy_(
-            x[:, :1, :, None, :, None, :].expand(b, 1, h, 2, w, 2, c))
-        source = timed.view(b, n, h, w, 2, c).permute(0, 1, 4, 2, 3, 5)  # (b, n, 2, h, w, c)
-        up[:, 1:].view(b, n, 2, h, 2, w, 2, c).copy_(
-            source[:, :, :, :, None, :, None, :].expand(b, n, 2, h, 2, w, 2, c))
+        state = self.ctx.state
+        started, past = (False, None) if state is None else state.get(self, (False, None))
+        head = 0 if started else 1  # frame 0 of the window passes without the time conv
+        rest = x[:, head:]
+        n = t - head
+        if state is not None:
+            state[self] = (True, past if n == 0 else _keep_last_two(past, rest))
+        up = x.new_empty(b, head + 2 * n, 2 * h, 2 * w, c)
+        if head:
+            up[:, :1].view(b, 1, h, 2, w, 2, c).copy_(
+                x[:, :1, :, None, :, None, :].expand(b, 1, h, 2, w, 2, c))
+        if n:
+            # (b, n, h, w, 2c): channels [even frame | odd frame], causal over frames 1..
+            timed = self.time[2](rest)
+            _causal_sum(timed.transpose(0, 1), rest.transpose(0, 1), self.time,
+                        None if past is None else past.transpose(0, 1),
+                        lambda frames, tap: tap(frames))
+            source = timed.view(b, n, h, w, 2, c).permute(0, 1, 4, 2, 3, 5)  # (b, n, 2, ..)
+            up[:, head:].view(b, n, 2, h, 2, w, 2, c).copy_(
+                source[:, :, :, :, None, :, None, :].expand(b, n, 2, h, 2, w, 2, c))
         return self.spatial(up)
 
 
@@ -441,31 +506,58 @@ class FastWanVAE:
         return x.permute(0, 2, 3, 4, 1).contiguous()
 
     @torch.inference_mode()
-    def encode(self, video):
+    def encode(self, video, chunk_frames=None):
         """Encode ``(B, 3, T, H, W)`` in [-1, 1] (H, W multiples of 8) to ``(B, 16, T', h, w)``.
 
+        :param chunk_frames: None (the default) = the whole window in one pass; else at
+            most this many frames per pass (frame 0 with ``4k`` more, then ``4k`` frames,
+            ``k = max(1, chunk_frames // 4)``), carrying the causal history from chunk to
+            chunk: the same numbers with less memory.
         :return: the posterior mean (normalised when built with latent statistics), a
             channels-last view in the VAE's dtype.
         """
         x = self._to_physical(video, 'video')
         usable = 1 + 4 * ((x.shape[1] - 1) // 4)  # diffusers drops a ragged tail
-        x = self.enc_in(x[:, :usable] if usable != x.shape[1] else x)
+        step = 4 * max(1, int(chunk_frames) // 4) if chunk_frames else usable
+        bounds = [0, *range(1 + 4 * ((min(step, usable) - 1) // 4), usable, step), usable]
+        return self._chunked(self._encode, x, sorted(set(bounds)))
+
+    def _encode(self, x):
+        x = self.enc_in(x)
         for layer in self.enc_layers:
             x = layer(x)
-        x = self.enc_out(_norm_silu(x, self.enc_gamma))
-        return x.permute(0, 4, 1, 2, 3)
+        return self.enc_out(_norm_silu(x, self.enc_gamma))
 
     @torch.inference_mode()
-    def decode(self, latents):
+    def decode(self, latents, chunk_frames=None):
         """Decode ``(B, 16, T', h, w)`` latents to ``(B, 3, 1 + 4 (T' - 1), 8h, 8w)`` in [-1, 1].
 
+        :param chunk_frames: None = the whole window in one pass; else at most this many
+            latent frames per pass, with the causal history carried over (less memory).
         :return: a channels-last view in the VAE's dtype, clamped like diffusers' sample.
         """
-        x = self.dec_in(self.post_quant(self._to_physical(latents, 'latents')))
+        x = self._to_physical(latents, 'latents')
+        count = x.shape[1]
+        step = max(1, int(chunk_frames)) if chunk_frames else count
+        return self._chunked(self._decode, x, [*range(0, count, step), count])
+
+    def _decode(self, x):
+        x = self.dec_in(self.post_quant(x))
         for layer in self.dec_layers:
             x = layer(x)
-        x = self.dec_out(_norm_silu(x, self.dec_gamma)).clamp_(-1.0, 1.0)
-        return x.permute(0, 4, 1, 2, 3)
+        return self.dec_out(_norm_silu(x, self.dec_gamma)).clamp_(-1.0, 1.0)
+
+    def _chunked(self, run, x, bounds):
+        """Run ``run`` over ``x[:, a:b]`` for consecutive bounds; frames concatenated."""
+        if len(bounds) <= 2:
+            return run(x[:, bounds[0]:bounds[-1]] if bounds[-1] != x.shape[1] else x).permute(
+                0, 4, 1, 2, 3)
+        self.ctx.state = {}
+        try:
+            parts = [run(x[:, a:b]) for a, b in zip(bounds[:-1], bounds[1:])]
+        finally:
+            self.ctx.state = None
+        return torch.cat(parts, dim=1).permute(0, 4, 1, 2, 3)
 
     def count_flops(self, stage, shape):
         """Count the FLOPs of ``stage`` ('encode'/'decode') for an input of ``shape``.

@@ -79,7 +79,7 @@ class TorchBackend:
 
     def __init__(self, models, device='cpu', dtype=torch.float32, fold=True, fast_vae=True,
                  cuda_graphs=True, precision=None, calibration=None, calibration_size=None,
-                 vae_temporal='taps'):
+                 vae_temporal='taps', vae_chunk_frames=None):
         """Place ``models`` on ``device`` in ``dtype`` (in place) and cache the constants.
 
         :param models: a ``DVDModels``.
@@ -100,6 +100,9 @@ class TorchBackend:
             encoded at; None = the weights' processing size (480x640 for DVD).
         :param vae_temporal: the fast VAE's causal convolutions: 'taps' (three 2-D
             convolutions) or 'conv3d' (see ``dvd_ros.model.fast_vae``).
+        :param vae_chunk_frames: None = the fast VAE runs the whole window at once (fastest);
+            else at most this many frames (encode) / latent frames (decode) per pass, the
+            same numbers with less GPU memory.
         :raises BackendUnavailable: CUDA requested but absent.
         :raises InputError: an unknown precision, or fp8 without ``fold``.
         """
@@ -120,6 +123,7 @@ class TorchBackend:
         # Shares the transformer's parameters; folded after placing, in the run dtype.
         self.folded = FoldedDiT(self.transformer).eval() if fold else None
         self.fast_vae = None
+        self.vae_chunk_frames = vae_chunk_frames
         if fast_vae:
             try:
                 # Built after placing: it copies the weights in the run dtype and device,
@@ -180,13 +184,22 @@ class TorchBackend:
         return self._stage('decode', self._decode, latents.to(device=self.device))
 
     def _fast_or_none(self, stage, x):
-        """Run the fast VAE's ``stage``; None when it ran out of GPU memory (whole window)."""
+        """Run the fast VAE's ``stage``; None when it ran out of GPU memory even in chunks."""
+        run = getattr(self.fast_vae, stage)
         try:
-            return getattr(self.fast_vae, stage)(x)
+            return run(x, chunk_frames=self.vae_chunk_frames)
         except torch.OutOfMemoryError:
-            # The fast VAE holds whole-window activations; diffusers decodes chunk by chunk.
-            LOG.warning('fast VAE %s of %s ran out of GPU memory; using the diffusers VAE '
-                        'for it (fast_vae=False avoids the attempt)', stage, tuple(x.shape))
+            torch.cuda.empty_cache()
+        # Whole-window activations did not fit: the smallest chunks diffusers uses too.
+        smallest = 4 if stage == 'encode' else 1
+        LOG.warning('fast VAE %s of %s ran out of GPU memory; running it in chunks of %d '
+                    '(set vae_chunk_frames to skip the attempt)', stage, tuple(x.shape),
+                    smallest)
+        try:
+            return run(x, chunk_frames=smallest)
+        except torch.OutOfMemoryError:
+            LOG.warning('fast VAE %s ran out of GPU memory in chunks too; using the '
+                        'diffusers VAE', stage)
             torch.cuda.empty_cache()
             return None
 
