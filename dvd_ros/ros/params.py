@@ -137,9 +137,9 @@ DEPTH_PARAMETERS = (
        range=(0, 2048, 16), unit='px'),
     _p('model_width', 0, 'processing width target; 0 = what the weights recommend (640 for '
        'DVD)', range=(0, 4096, 16), unit='px'),
-    _p('cpu_threads', 0, 'torch CPU threads of the model (device cpu); 0 = one fewer than the '
-       'CPU cores, so ROS callbacks keep a core (busy intra-op threads that lose their core '
-       'stall every op)', range=(0, 1024)),
+    _p('cpu_threads', 0, 'CPU threads of the model (torch, onnxruntime; device cpu); 0 = one '
+       'fewer than the CPU cores, so ROS callbacks keep a core (busy intra-op threads that lose '
+       'their core stall every op)', range=(0, 1024)),
     _p('stand_in_delay', 0.0, 'stand-in backend only: seconds each window takes, to '
        'simulate a slow model', range=(0.0, 60.0), unit='s'),
     # Streaming

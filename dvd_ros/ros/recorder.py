@@ -122,7 +122,9 @@ def record_demo(camera_params, depth_params, frames, timeout, regressor=None, lo
             if time.monotonic() - last_report > 2.0:
                 last_report = time.monotonic()
                 log(f'demo: {len(recording.complete_stamps())}/{frames} frames')
-        # One more diagnostics period, so the recorded status covers the whole run.
+        # One more diagnostics period, so the recorded status covers the whole run (and no
+        # frame the status does not count yet).
+        camera.stop_publishing()
         end = time.monotonic() + 1.2
         while time.monotonic() < end:
             executor.spin_once(timeout_sec=0.05)

@@ -156,6 +156,10 @@ class SyntheticCamera(Node):
             f'{self.intrinsics.width}x{self.intrinsics.height}, on '
             f'{self.resolve_topic_name("image")}{paced}')
 
+    def stop_publishing(self):
+        """Publish no more frames (the node keeps running; e.g. a recording is complete)."""
+        self.finished = True
+
     @property
     def in_flight(self):
         """Return how many paced frames are published and not yet back."""
