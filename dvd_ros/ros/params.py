@@ -125,7 +125,8 @@ DEPTH_PARAMETERS = (
        'natively (CUDA, CPUs with AMX / AVX-512-BF16), else float32; a dtype the device '
        'would only emulate is refused', choices=DTYPES),
     _p('precision', '', 'onnxruntime / tensorrt: what the graphs compute in; empty = from '
-       'dtype; fp8 = FP8 DiT linears (tensorrt on sm 8.9+), fp16 elsewhere',
+       'dtype; fp8 = FP8 DiT linears (tensorrt on sm 8.9+), fp16 elsewhere; backend torch: '
+       'empty or fp8 (the DiT linears through torch._scaled_mm, Hopper/Ada)',
        choices=('',) + PRECISION_NAMES),
     _p('fp8_calibration', '', 'precision fp8: .npy of (T, H, W, 3) uint8 RGB frames of your '
        'scene for the FP8 scales (`dvd-ros engine build --calibration` writes one); empty = '
