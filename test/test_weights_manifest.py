@@ -180,6 +180,20 @@ def test_malformed_config_values_are_refused(folder, part, key, value, message):
         checkpoint.load_models(folder)
 
 
+def test_a_newer_diffusers_argument_is_accepted(folder, monkeypatch):
+    # A diffusers release newer than our rules writes a key of its own: accepted when the
+    # installed class takes it as a plain argument (here: a rule we pretend not to have).
+    from dvd_ros.model.weights import schema
+    rules = dict(schema.DIT_KEYS)
+    rules.pop('rope_max_seq_len')
+    monkeypatch.setattr(schema, 'DIT_KEYS', rules)
+    assert checkpoint.load_models(folder).transformer is not None
+    # ... but not with a value that could ask for a large allocation.
+    _edit_config(folder, 'transformer', 'rope_max_seq_len', [1] * 10)
+    with pytest.raises(WeightsError, match="unknown key 'rope_max_seq_len'"):
+        checkpoint.load_models(folder)
+
+
 def test_oversized_meta_is_refused(folder):
     meta = meta_of(folder)
     meta['padding'] = 'x' * (2 * 1024 * 1024)

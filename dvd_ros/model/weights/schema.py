@@ -129,13 +129,33 @@ VAE_KEYS = {
 }
 
 
-def _check_keys(config, rules, path, required=()):
+def _newer_argument(model_class, key, value):
+    """Return whether ``key`` is a plain argument of the installed diffusers ``model_class``.
+
+    A diffusers release newer than these rules may write keys of its own into the folders it
+    converts; they are accepted when the installed class takes them and the value is a small
+    JSON scalar (no list or object that could ask for a large allocation).
+    """
+    import inspect
+
+    import diffusers
+    scalar = value is None or isinstance(value, (bool, str)) and len(str(value)) <= 64 or (
+        isinstance(value, (int, float)) and math.isfinite(value) and abs(value) <= 1 << 20)
+    if not scalar:
+        return False
+    cls = getattr(diffusers, model_class, None)
+    return cls is not None and key in inspect.signature(cls.__init__).parameters
+
+
+def _check_keys(config, rules, path, required=(), model_class=None):
     for key in required:
         if key not in config:
             raise _fail(path, key, None, 'required')
     for key, value in config.items():
         if key.startswith('_'):
             continue  # diffusers bookkeeping (_class_name, _diffusers_version, ...)
+        if key not in rules and model_class and _newer_argument(model_class, key, value):
+            continue
         if key not in rules:
             raise WeightsError(
                 f'{path}: unknown key {key!r}; the folder was written by another version or '
@@ -154,7 +174,8 @@ def check_dit_config(config, path):
         raise WeightsError(f'{path} is not a JSON object; re-run `dvd-ros weights convert`')
     _check_keys(config, DIT_KEYS, path, required=(
         'patch_size', 'num_attention_heads', 'attention_head_dim', 'in_channels',
-        'out_channels', 'text_dim', 'freq_dim', 'ffn_dim', 'num_layers'))
+        'out_channels', 'text_dim', 'freq_dim', 'ffn_dim', 'num_layers'),
+        model_class='WanTransformer3DModel')
     width = config['num_attention_heads'] * config['attention_head_dim']
     if width > 16384:
         raise _fail(path, 'num_attention_heads * attention_head_dim', width, '<= 16384')
@@ -177,7 +198,8 @@ def check_vae_config(config, path):
     rules = dict(VAE_KEYS, latents_mean=_stats(z_dim, positive=False),
                  latents_std=_stats(z_dim, positive=True))
     _check_keys(config, rules, path, required=('base_dim', 'z_dim', 'dim_mult',
-                                               'num_res_blocks', 'temperal_downsample'))
+                                               'num_res_blocks', 'temperal_downsample'),
+                model_class='AutoencoderKLWan')
     if len(config['temperal_downsample']) != len(config['dim_mult']) - 1:
         raise _fail(path, 'temperal_downsample', config['temperal_downsample'],
                     f'one entry per level change: {len(config["dim_mult"]) - 1}')
