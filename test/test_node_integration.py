@@ -1,0 +1,177 @@
+"""The merged depth node as a whole: its threads, start-up, shutdown and frame accounting.
+
+The worker (loads the model, feeds the pipeline), the pipeline's model and finishing threads,
+the compressed-image decoder and the executor share the node; these tests look at what they
+share: every frame published or counted as dropped, no thread left after stop, a load that
+fails or is stopped half-way, diagnostics read while the worker changes the state.
+"""
+
+import threading
+import time
+
+import numpy as np
+import pytest
+
+pytest.importorskip('rclpy')
+from ros_harness import frame, wait_for  # noqa: E402
+from test_depth_node import WINDOW, Rig, _diagnostics, _key, _send_all  # noqa: E402
+from test_node_inputs import Cam, _feed, _png  # noqa: E402
+
+from dvd_ros.ros import depth_node  # noqa: E402
+from dvd_ros.ros.stand_in import StandInRegressor  # noqa: E402
+
+
+@pytest.fixture(scope='module')
+def context():
+    from ros_harness import make_context
+    ctx = make_context()
+    yield ctx
+    ctx.try_shutdown()
+
+
+@pytest.fixture
+def made(context):
+    """Close every Rig / Cam a test made, also when it fails."""
+    rigs = []
+    yield rigs
+    for rig in rigs:
+        rig.close()
+
+
+def _threads():
+    return {t for t in threading.enumerate() if t.is_alive()}
+
+
+def _account(node):
+    """Return (frames in, out, dropped, pending) as the node counts them."""
+    stream = node._stream.stats
+    with node.stats.lock:
+        frames_in = node.stats.input_rate.total
+        out = node.stats.output_rate.total
+        dropped = sum(node.stats.dropped.values())
+    with node._lock:
+        waiting = node._sync.pending
+    pending = node.queue_length + stream.pending + waiting
+    return frames_in, out, dropped + stream.dropped_total, pending
+
+
+# ----------------------------------------------------------------------- idle flush, every frame
+
+
+@pytest.mark.parametrize('params', [{}, {'overlap_mode': 'auto'}], ids=['fixed', 'auto'])
+def test_idle_flush_publishes_all_19_frames(context, made, params):
+    rig = Rig(context, flush_timeout=0.3, **params)
+    made.append(rig)
+    headers = _send_all(rig, 19)
+    assert wait_for(lambda: all(_key(h) in rig.probe.by_stamp('depth/disparity')
+                                for h in headers), timeout=10), rig.probe.count('depth/disparity')
+    assert wait_for(lambda: _account(rig.node) == (19, 19, 0, 0)), _account(rig.node)
+
+
+def test_idle_flush_publishes_all_19_compressed_frames(context, made):
+    c = Cam(context, image_transport='compressed', flush_timeout=0.3)
+    made.append(c)
+    headers = _feed(c, 19, image=lambda i, h: ('/image/compressed', _png(frame(i), h)))
+    assert wait_for(lambda: all(_key(h) in c.probe.by_stamp('depth/disparity')
+                                for h in headers), timeout=10), c.probe.count('depth/disparity')
+    assert wait_for(lambda: _account(c.node) == (19, 19, 0, 0)), _account(c.node)
+
+
+class NanSecondWindow(StandInRegressor):
+    """The stand-in, slow, with its second window all NaN (rejected by the output guard)."""
+
+    def predict(self, frames):
+        out = super().predict(frames)
+        if self.calls == 2:
+            out[:] = np.nan
+        return out
+
+
+def test_every_frame_published_or_dropped(context, made):
+    """NaN window, resolution change, time jump and a full queue: in = out + dropped."""
+    rig = Rig(context, regressor=NanSecondWindow(delay=0.15), queue_size=3, flush_timeout=0.3,
+              diagnostics_period=0.1)
+    made.append(rig)
+    t0 = 20_000_000_000
+    sent = 0
+    for i in range(10):  # two windows, the second one NaN
+        rig.send(i, t0=t0)
+        sent += 1
+        time.sleep(0.03)
+    for i in range(10, 17):  # the size changes: the stream restarts
+        rig.send(i, rgb=frame(i, 48, 64), t0=t0)
+        sent += 1
+        time.sleep(0.03)
+    for i in range(12):  # back in time (a bag loop), faster than the model: the queue overflows
+        rig.send(i, t0=t0 // 4)
+        sent += 1
+        time.sleep(0.01)
+    assert wait_for(lambda: rig.node.stats.input_rate.total == sent, timeout=10)
+    assert wait_for(lambda: (lambda a: a[3] == 0 and a[0] == a[1] + a[2])(_account(rig.node)),
+                    timeout=20), _account(rig.node)
+    frames_in, out, dropped, _ = _account(rig.node)
+    reasons = rig.node._stream.stats.dropped
+    assert reasons.get('model_error', 0) >= 3 and rig.node.stats.dropped['queue_full'] > 0
+    assert frames_in == sent and out > 0
+    assert wait_for(lambda: rig.probe.count('depth/disparity') == out, timeout=10)
+    # /diagnostics tells the same totals.
+    assert wait_for(lambda: _diagnostics(rig).get('frames out') == str(out), timeout=5)
+    assert _diagnostics(rig)['frames dropped'] == str(dropped)
+
+
+# ----------------------------------------------------------------------- start-up and shutdown
+
+
+@pytest.mark.parametrize('compressed', [False, True], ids=['raw', 'compressed'])
+def test_stop_leaves_no_thread(context, compressed):
+    before = _threads()
+    if compressed:
+        rig = Cam(context, image_transport='compressed', overlap_mode='auto')
+    else:
+        rig = Rig(context)
+    try:
+        if compressed:
+            _feed(rig, WINDOW + 1, image=lambda i, h: ('/image/compressed', _png(frame(i), h)))
+        else:
+            _send_all(rig, WINDOW + 1)
+        assert wait_for(lambda: rig.probe.count('depth/disparity') >= WINDOW)
+        # The worker, the model and finishing threads (and the decoder), the spinner.
+        assert len(_threads() - before) >= 4 + compressed
+    finally:
+        rig.close()
+    assert rig.node.stop() and not rig.node.worker_alive
+    assert wait_for(lambda: not (_threads() - before), timeout=5), _threads() - before
+
+
+def test_destroy_node_twice(context):
+    rig = Rig(context)
+    rig.close()
+    rig.node.destroy_node()  # a second destroy (a launch and a finally both cleaning up)
+    assert not rig.node.worker_alive and not rig.node._pipeline.alive
+
+
+def _slow_build(monkeypatch):
+    release = threading.Event()
+
+    def slow_build(params):
+        release.wait(30)
+        return StandInRegressor()
+    monkeypatch.setattr(depth_node, 'build_regressor', slow_build)
+    return release
+
+
+def test_stop_while_loading_leaves_no_thread(context, monkeypatch):
+    release = _slow_build(monkeypatch)
+    before = _threads()
+    rig = Rig(context, backend='torch')
+    try:
+        _send_all(rig, 3)  # queued while loading
+        assert wait_for(lambda: rig.node.queue_length == 3, timeout=5)
+    finally:
+        rig.close()  # the load is still going on: stop cannot end the worker yet
+        release.set()
+    # The load ends after the stop: the worker neither feeds the pipeline it made nor leaves
+    # its threads running.
+    assert wait_for(lambda: not (_threads() - before), timeout=5), _threads() - before
+    assert rig.node.stop()
+    assert rig.probe.count('depth/disparity') == 0
