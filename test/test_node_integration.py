@@ -17,6 +17,7 @@ from ros_harness import frame, wait_for  # noqa: E402
 from test_depth_node import WINDOW, Rig, _diagnostics, _key, _send_all  # noqa: E402
 from test_node_inputs import Cam, _feed, _png  # noqa: E402
 
+from dvd_ros.errors import WeightsError  # noqa: E402
 from dvd_ros.ros import depth_node  # noqa: E402
 from dvd_ros.ros.stand_in import StandInRegressor  # noqa: E402
 
@@ -175,3 +176,21 @@ def test_stop_while_loading_leaves_no_thread(context, monkeypatch):
     assert wait_for(lambda: not (_threads() - before), timeout=5), _threads() - before
     assert rig.node.stop()
     assert rig.probe.count('depth/disparity') == 0
+
+
+def test_wait_ready_answers_after_a_load_failure(context, monkeypatch):
+    def broken(params):
+        raise WeightsError('no DVD weights at /nope')
+    monkeypatch.setattr(depth_node, 'build_regressor', broken)
+    rig = Rig(context, backend='torch')
+    try:
+        assert wait_for(lambda: rig.node.fatal_error is not None, timeout=5)
+        answers = []
+        waiter = threading.Thread(target=lambda: answers.append(rig.node.wait_ready()),
+                                  daemon=True)
+        waiter.start()
+        waiter.join(10)  # wait_ready() without a timeout must not wait forever
+        assert answers == [False]
+        assert not rig.node.worker_alive
+    finally:
+        rig.close()

@@ -234,6 +234,7 @@ class DepthNode(Node):
             self.load_error = str(exc) if isinstance(exc, DvdError) else (
                 f'loading the model failed: {type(exc).__name__}: {exc}')
             self.get_logger().error(self.load_error)
+            self._loaded.set()  # the load has ended: wait_ready answers False at once
             return False
         self.get_logger().info(f'model loaded in {time.monotonic() - start:.1f} s')
         self._log_ready()
@@ -245,7 +246,7 @@ class DepthNode(Node):
         return self.load_error
 
     def wait_ready(self, timeout=None):
-        """Wait until the model is loaded; return True when it is (False: timeout or error)."""
+        """Wait for the model load to end; return True when loaded (False: timeout or error)."""
         return self._loaded.wait(timeout) and self.load_error is None
 
     # ----------------------------------------------------------------------------- helpers
