@@ -194,3 +194,24 @@ def test_wait_ready_answers_after_a_load_failure(context, monkeypatch):
         assert not rig.node.worker_alive
     finally:
         rig.close()
+
+
+# ----------------------------------------------------------------------- shared state
+
+
+def test_diagnostics_while_the_worker_resets_the_fit(context, made):
+    """A restart clears the anchored fit on the worker while the executor reports it."""
+    rig = Rig(context, metric_mode='anchored', hint_type='image')
+    made.append(rig)
+    node = rig.node
+
+    class Fit:
+        residual, inlier_fraction, n = 0.01, 1.0, 100
+        b = 0.5
+
+        @property
+        def a(self):
+            node._fit = None  # the worker's _restart_stream, between two reads
+            return 2.0
+    node._fit = Fit()
+    node._publish_diagnostics()  # must not raise (an exception here ends the executor)

@@ -641,8 +641,9 @@ class DepthNode(Node):
     def _metric(self, p):
         if p.metric_mode == 'fixed':
             return p.metric_a, p.metric_b
-        if p.metric_mode == 'anchored' and self._fit is not None:
-            return self._fit.a, self._fit.b
+        fit = self._fit  # read once: a restart on the worker resets it meanwhile
+        if p.metric_mode == 'anchored' and fit is not None:
+            return fit.a, fit.b
         return None
 
     def _publish(self, frame, p):
