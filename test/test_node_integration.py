@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 
 pytest.importorskip('rclpy')
+from diagnostic_msgs.msg import DiagnosticStatus  # noqa: E402
 from ros_harness import frame, wait_for  # noqa: E402
 from test_depth_node import WINDOW, Rig, _diagnostics, _key, _send_all  # noqa: E402
 from test_node_inputs import Cam, _feed, _png  # noqa: E402
@@ -193,6 +194,31 @@ def test_wait_ready_answers_after_a_load_failure(context, monkeypatch):
         assert answers == [False]
         assert not rig.node.worker_alive
     finally:
+        rig.close()
+
+
+def test_loading_is_ok_on_diagnostics_also_with_metric_mode_none(context, monkeypatch):
+    release = _slow_build(monkeypatch)
+    rig = Rig(context, backend='torch', metric_mode='none', namespace='loading_none')
+    try:
+        def status():
+            with rig.probe.lock:
+                msgs = [m.status[0] for m in rig.probe.received['/diagnostics'] if m.status
+                        and m.status[0].name == rig.node.get_fully_qualified_name()]
+            return msgs[-1] if msgs else None
+        assert wait_for(lambda: status() is not None, timeout=5)
+        loading = status()
+        assert (loading.level, loading.message) == (
+            DiagnosticStatus.OK, 'loading the model (input frames queue meanwhile)')
+        assert {kv.key: kv.value for kv in loading.values}['depth/points'].startswith(
+            'metric_mode is none')
+        release.set()
+        assert rig.node.wait_ready(10)
+        _send_all(rig, WINDOW)
+        assert wait_for(lambda: status().level == DiagnosticStatus.WARN
+                        and status().message.startswith('metric_mode is none'), timeout=5)
+    finally:
+        release.set()
         rig.close()
 
 

@@ -803,7 +803,9 @@ class DepthNode(Node):
             self.queue_length, p.queue_size,
             more_dropped=stream_stats.dropped if stream_stats is not None else None,
             loading=stream is None and self.load_error is None, error=self.load_error)
-        if self._points_silent and status.level == DiagnosticStatus.OK:
+        # While the model loads the status says so (OK, as documented); the 'depth/points'
+        # value still tells why no cloud will come.
+        if self._points_silent and status.level == DiagnosticStatus.OK and stream is not None:
             status.level, status.message = DiagnosticStatus.WARN, self._points_silent
         msg = DiagnosticArray(status=[status])
         msg.header.stamp = self.get_clock().now().to_msg()
