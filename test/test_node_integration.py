@@ -14,7 +14,7 @@ import pytest
 
 pytest.importorskip('rclpy')
 from diagnostic_msgs.msg import DiagnosticStatus  # noqa: E402
-from ros_harness import frame, wait_for  # noqa: E402
+from ros_harness import camera_info, frame, header, image_msg, wait_for  # noqa: E402
 from test_depth_node import WINDOW, Rig, _diagnostics, _key, _send_all  # noqa: E402
 from test_node_inputs import Cam, _feed, _png  # noqa: E402
 
@@ -241,3 +241,32 @@ def test_diagnostics_while_the_worker_resets_the_fit(context, made):
             return 2.0
     node._fit = Fit()
     node._publish_diagnostics()  # must not raise (an exception here ends the executor)
+
+
+def test_frames_keep_their_order_when_two_threads_release_them(context, made, monkeypatch):
+    """The decoder thread and the executor both take pairs from the sync into the queue."""
+    rig = Rig(context, sync_timeout=5.0)
+    made.append(rig)
+    node = rig.node
+    order = []
+    monkeypatch.setattr(node, '_process', lambda record: order.append(record.header.stamp.sec))
+    ha, hb = header(0, t0=7_000_000_000), header(0, t0=8_000_000_000)
+    x_inside, b_queued = threading.Event(), threading.Event()
+    rectified = node._rectified
+
+    def slow_rectified(item, info):
+        if item[0].stamp.sec == ha.stamp.sec:
+            x_inside.set()
+            b_queued.wait(2.0)  # the executor, slowed down (GIL, a remap) after the release
+        return rectified(item, info)
+    monkeypatch.setattr(node, '_rectified', slow_rectified)
+    node._decoded((image_msg(frame(0), ha), time.monotonic()))  # waits for its CameraInfo
+    executor = threading.Thread(target=node._on_info, args=(camera_info(ha),), daemon=True)
+    executor.start()  # releases image A
+    assert x_inside.wait(5)
+    node._on_info(camera_info(hb))
+    node._decoded((image_msg(frame(1), hb), time.monotonic()))  # released with its CameraInfo
+    b_queued.set()
+    executor.join(5)
+    assert wait_for(lambda: len(order) == 2, timeout=5), order
+    assert order == [ha.stamp.sec, hb.stamp.sec]

@@ -150,6 +150,7 @@ class DepthNode(Node):
         self._log_times = {}
         self._log_counts = {}
         self._lock = threading.Lock()
+        self._intake = threading.Lock()  # taking pairs from the sync into the queue
         # The model, its (window, overlap) and the stream: set by _attach, at once for an
         # injected model, else by the worker once the model is loaded.
         self.regressor = self.window = self._stream = self._pipeline = None
@@ -370,32 +371,35 @@ class DepthNode(Node):
             self.report(exc.cause, f'dropping image: {exc}')
             return
         msg.header = self._output_header(msg.header)
-        stamp = stamp_ns(msg.header.stamp)
-        restart = False
-        with self._lock:
-            late = None if self._last_stamp is None else (self._last_stamp - stamp) / 1e9
-            if late is not None and late > TIME_JUMP_S:
-                # A clock reset or a looping bag: a new stream, not a late frame. Pending
-                # images and infos belong to the old time line.
-                restart = True
-                self.stats.drop('time_jump', self._sync.pending)
-                # This image's CameraInfo may have come first, into the old time line's sync.
-                info = self._sync.infos.find(stamp)
-                self._sync = self._new_sync(self.parameters.current)
-                if info is not None:
-                    self._sync.infos.add(stamp_ns(info.header.stamp), info)
-                self._hints = self._new_hints(self.parameters.current)
-            if late is None or late < 0 or restart:
-                self._last_stamp = stamp
-                ready = self._sync.add_image(stamp, (msg.header, rgb, now, restart))
-        if restart:
-            self.report('time_jump', f'image stamp jumped {late:.3f} s back (clock reset or '
-                        'bag loop): restarting the stream', drop=False)
-        elif late is not None and late >= 0:
-            self.report('out_of_order', f'dropping image stamped {late:.3f} s before (or at) '
-                        'the previous one: stamps must increase')
-            return
-        self._enqueue(ready)
+        # Pairs leave the sync and join the queue in one step: the decoder thread and the
+        # executor (_on_info, _poll_sync) both release pairs, and frames keep their order.
+        with self._intake:
+            stamp = stamp_ns(msg.header.stamp)
+            restart = False
+            with self._lock:
+                late = None if self._last_stamp is None else (self._last_stamp - stamp) / 1e9
+                if late is not None and late > TIME_JUMP_S:
+                    # A clock reset or a looping bag: a new stream, not a late frame. Pending
+                    # images and infos belong to the old time line.
+                    restart = True
+                    self.stats.drop('time_jump', self._sync.pending)
+                    # This image's CameraInfo may have come first, into the old time line's sync.
+                    info = self._sync.infos.find(stamp)
+                    self._sync = self._new_sync(self.parameters.current)
+                    if info is not None:
+                        self._sync.infos.add(stamp_ns(info.header.stamp), info)
+                    self._hints = self._new_hints(self.parameters.current)
+                if late is None or late < 0 or restart:
+                    self._last_stamp = stamp
+                    ready = self._sync.add_image(stamp, (msg.header, rgb, now, restart))
+            if restart:
+                self.report('time_jump', f'image stamp jumped {late:.3f} s back (clock reset or '
+                            'bag loop): restarting the stream', drop=False)
+            elif late is not None and late >= 0:
+                self.report('out_of_order', f'dropping image stamped {late:.3f} s before (or at) '
+                            'the previous one: stamps must increase')
+                return
+            self._enqueue(ready)
 
     def _output_header(self, header):
         frame_id = self.parameters.current.frame_id
@@ -436,9 +440,10 @@ class DepthNode(Node):
             model.rectified(), info)
 
     def _on_info(self, msg):
-        with self._lock:
-            ready = self._sync.add_info(stamp_ns(msg.header.stamp), msg)
-        self._enqueue(ready)
+        with self._intake:
+            with self._lock:
+                ready = self._sync.add_info(stamp_ns(msg.header.stamp), msg)
+            self._enqueue(ready)
 
     def _on_hint(self, msg):
         p = self.parameters.current
@@ -477,9 +482,10 @@ class DepthNode(Node):
         return np.where(out, np.float32(np.nan), depth).astype(np.float32)
 
     def _poll_sync(self):
-        with self._lock:
-            ready = self._sync.poll()
-        self._enqueue(ready)
+        with self._intake:
+            with self._lock:
+                ready = self._sync.poll()
+            self._enqueue(ready)
 
     def _enqueue(self, pairs):
         if not pairs:
