@@ -19,7 +19,7 @@ from test_depth_node import WINDOW, Rig, _diagnostics, _key, _send_all  # noqa: 
 from test_node_inputs import Cam, _feed, _png  # noqa: E402
 
 from dvd_ros.errors import WeightsError  # noqa: E402
-from dvd_ros.ros import depth_node  # noqa: E402
+from dvd_ros.ros import depth_node, messages  # noqa: E402
 from dvd_ros.ros.stand_in import StandInRegressor  # noqa: E402
 
 
@@ -270,3 +270,24 @@ def test_frames_keep_their_order_when_two_threads_release_them(context, made, mo
     executor.join(5)
     assert wait_for(lambda: len(order) == 2, timeout=5), order
     assert order == [ha.stamp.sec, hb.stamp.sec]
+
+
+def test_a_failing_metric_fit_loses_no_frame(context, made, monkeypatch):
+    """Anchored mode: an unexpected error fitting the hints still publishes the window."""
+    rig = Rig(context, metric_mode='anchored', hint_type='image', flush_timeout=0.3)
+    made.append(rig)
+
+    def broken(frame, hint, p):
+        raise IndexError('simulated bug in the hint sampling')
+    monkeypatch.setattr(rig.node, '_hint_samples', broken)
+    headers = []
+    for i in range(WINDOW + 2):
+        depth = np.full((24, 32), 2.0, np.float32)
+        hint = messages.array_to_image(depth, '32FC1', header(i))
+        headers.append(rig.send(i, hint=hint))
+        time.sleep(0.01)
+    assert wait_for(lambda: all(_key(h) in rig.probe.by_stamp('depth/disparity')
+                                for h in headers), timeout=10), rig.probe.count('depth/disparity')
+    assert wait_for(lambda: _account(rig.node) == (WINDOW + 2, WINDOW + 2, 0, 0)), \
+        _account(rig.node)
+    assert len(rig.warnings_about('simulated bug in the hint sampling')) == 1

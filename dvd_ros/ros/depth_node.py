@@ -605,7 +605,11 @@ class DepthNode(Node):
             return
         p = self.parameters.current
         if p.metric_mode == 'anchored':
-            self._update_fit(frames, p)
+            try:
+                self._update_fit(frames, p)
+            except Exception as exc:  # noqa: BLE001 - the frames still publish (previous fit)
+                self.report('hint_fit', f'metric fit failed, keeping the previous one: '
+                            f'{type(exc).__name__}: {exc}', drop=False)
         for frame in frames:
             try:
                 self._publish(frame, p)
