@@ -291,3 +291,35 @@ def test_a_failing_metric_fit_loses_no_frame(context, made, monkeypatch):
     assert wait_for(lambda: _account(rig.node) == (WINDOW + 2, WINDOW + 2, 0, 0)), \
         _account(rig.node)
     assert len(rig.warnings_about('simulated bug in the hint sampling')) == 1
+
+
+def _finish_fails_once(node):
+    """Make the stream's finishing side raise on its first window (an internal bug)."""
+    stream = node._stream
+    finish = stream.finish
+    failed = []
+
+    def once(step):
+        if not failed and hasattr(step, 'raw'):
+            failed.append(step)
+            raise KeyError('simulated bug in the alignment')
+        return finish(step)
+    stream.finish = once
+    return failed
+
+
+def test_idle_flush_runs_once_per_pause(context, made):
+    """Frames the stream lost count stay pending: the idle flush must not loop on them."""
+    rig = Rig(context, flush_timeout=0.2)
+    made.append(rig)
+    failed = _finish_fails_once(rig.node)
+    flushes = []
+    flush_idle = rig.node._flush_idle
+    rig.node._flush_idle = lambda: flushes.append(1) or flush_idle()
+    _send_all(rig, WINDOW + 3)
+    assert wait_for(lambda: failed and flushes, timeout=10)
+    time.sleep(1.0)  # five flush timeouts without a frame
+    assert len(flushes) == 1
+    # The next pause flushes again.
+    _send_all(rig, 2, t0=5_000_000_000)
+    assert wait_for(lambda: len(flushes) == 2, timeout=10)

@@ -158,6 +158,7 @@ class DepthNode(Node):
         self.load_error = None
         self._loaded = threading.Event()
         self._last_arrival = time.monotonic()
+        self._idle_flushed = None  # the _last_arrival the last idle flush came after
         if regressor is not None:
             self._attach(regressor, p)
         self._size = None
@@ -540,9 +541,14 @@ class DepthNode(Node):
     def _idle_wait(self):
         """Return (seconds to wait for a frame, whether the stream is due for an idle flush)."""
         timeout = self.parameters.current.flush_timeout
-        if timeout <= 0 or self._stream.stats.pending == 0:
+        # One flush per pause: frames the stream lost uncounted would otherwise stay pending
+        # and the worker would flush again and again.
+        if (timeout <= 0 or self._stream.stats.pending == 0
+                or self._idle_flushed == self._last_arrival):
             return 0.2, False
         left = self._last_arrival + timeout - time.monotonic()
+        if left <= 0:
+            self._idle_flushed = self._last_arrival
         return min(0.2, max(left, 0.0)), left <= 0
 
     def _flush_idle(self):
