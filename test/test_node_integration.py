@@ -323,3 +323,29 @@ def test_idle_flush_runs_once_per_pause(context, made):
     # The next pause flushes again.
     _send_all(rig, 2, t0=5_000_000_000)
     assert wait_for(lambda: len(flushes) == 2, timeout=10)
+
+
+def test_drops_while_loading_do_not_warn_once_loaded(context, monkeypatch):
+    """The queue overflows while the model loads; the running node's level starts afresh."""
+    release = _slow_build(monkeypatch)
+    rig = Rig(context, backend='torch', queue_size=3, namespace='drops_loading',
+              diagnostics_period=0.1)
+    try:
+        _send_all(rig, 12)
+        assert wait_for(lambda: rig.node.stats.dropped['queue_full'] == 9, timeout=5)
+        release.set()
+        assert rig.node.wait_ready(10)
+        with rig.probe.lock:
+            seen = len(rig.probe.received['/diagnostics'])
+        _send_all(rig, WINDOW, t0=9_000_000_000)
+        assert wait_for(lambda: rig.probe.count('depth/disparity') >= 3 + WINDOW, timeout=10)
+        assert wait_for(lambda: _diagnostics(rig).get('frames out') == str(3 + WINDOW))
+        with rig.probe.lock:
+            after = [m.status[0] for m in rig.probe.received['/diagnostics'][seen:]]
+        running = [s for s in after if not s.message.startswith('loading')]
+        assert running and all(s.level == DiagnosticStatus.OK for s in running), \
+            [(s.level, s.message) for s in running]
+        assert running[-1].message == 'running; 9 frames dropped (queue_full)'
+    finally:
+        release.set()
+        rig.close()

@@ -224,6 +224,8 @@ class DepthNode(Node):
             for buffer in (getattr(self, '_hints', None), getattr(self, '_remapped', None)):
                 if buffer is not None:
                     buffer.capacity = max(buffer.capacity, self._stream.window + p.queue_size)
+        # Frames the queue dropped while the model loaded do not make the running node WARN.
+        self.stats.restart_horizon()
         self._loaded.set()
 
     def _load(self):
