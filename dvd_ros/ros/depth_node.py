@@ -150,6 +150,7 @@ class DepthNode(Node):
         self._log_times = {}
         self._log_counts = {}
         self._lock = threading.Lock()
+        self._intake = threading.Lock()  # taking pairs from the sync into the queue
         # The model, its (window, overlap) and the stream: set by _attach, at once for an
         # injected model, else by the worker once the model is loaded.
         self.regressor = self.window = self._stream = self._pipeline = None
@@ -157,6 +158,7 @@ class DepthNode(Node):
         self.load_error = None
         self._loaded = threading.Event()
         self._last_arrival = time.monotonic()
+        self._idle_flushed = None  # the _last_arrival the last idle flush came after
         if regressor is not None:
             self._attach(regressor, p)
         self._size = None
@@ -222,6 +224,8 @@ class DepthNode(Node):
             for buffer in (getattr(self, '_hints', None), getattr(self, '_remapped', None)):
                 if buffer is not None:
                     buffer.capacity = max(buffer.capacity, self._stream.window + p.queue_size)
+        # Frames the queue dropped while the model loaded do not make the running node WARN.
+        self.stats.restart_horizon()
         self._loaded.set()
 
     def _load(self):
@@ -234,6 +238,7 @@ class DepthNode(Node):
             self.load_error = str(exc) if isinstance(exc, DvdError) else (
                 f'loading the model failed: {type(exc).__name__}: {exc}')
             self.get_logger().error(self.load_error)
+            self._loaded.set()  # the load has ended: wait_ready answers False at once
             return False
         self.get_logger().info(f'model loaded in {time.monotonic() - start:.1f} s')
         self._log_ready()
@@ -245,7 +250,7 @@ class DepthNode(Node):
         return self.load_error
 
     def wait_ready(self, timeout=None):
-        """Wait until the model is loaded; return True when it is (False: timeout or error)."""
+        """Wait for the model load to end; return True when loaded (False: timeout or error)."""
         return self._loaded.wait(timeout) and self.load_error is None
 
     # ----------------------------------------------------------------------------- helpers
@@ -369,32 +374,35 @@ class DepthNode(Node):
             self.report(exc.cause, f'dropping image: {exc}')
             return
         msg.header = self._output_header(msg.header)
-        stamp = stamp_ns(msg.header.stamp)
-        restart = False
-        with self._lock:
-            late = None if self._last_stamp is None else (self._last_stamp - stamp) / 1e9
-            if late is not None and late > TIME_JUMP_S:
-                # A clock reset or a looping bag: a new stream, not a late frame. Pending
-                # images and infos belong to the old time line.
-                restart = True
-                self.stats.drop('time_jump', self._sync.pending)
-                # This image's CameraInfo may have come first, into the old time line's sync.
-                info = self._sync.infos.find(stamp)
-                self._sync = self._new_sync(self.parameters.current)
-                if info is not None:
-                    self._sync.infos.add(stamp_ns(info.header.stamp), info)
-                self._hints = self._new_hints(self.parameters.current)
-            if late is None or late < 0 or restart:
-                self._last_stamp = stamp
-                ready = self._sync.add_image(stamp, (msg.header, rgb, now, restart))
-        if restart:
-            self.report('time_jump', f'image stamp jumped {late:.3f} s back (clock reset or '
-                        'bag loop): restarting the stream', drop=False)
-        elif late is not None and late >= 0:
-            self.report('out_of_order', f'dropping image stamped {late:.3f} s before (or at) '
-                        'the previous one: stamps must increase')
-            return
-        self._enqueue(ready)
+        # Pairs leave the sync and join the queue in one step: the decoder thread and the
+        # executor (_on_info, _poll_sync) both release pairs, and frames keep their order.
+        with self._intake:
+            stamp = stamp_ns(msg.header.stamp)
+            restart = False
+            with self._lock:
+                late = None if self._last_stamp is None else (self._last_stamp - stamp) / 1e9
+                if late is not None and late > TIME_JUMP_S:
+                    # A clock reset or a looping bag: a new stream, not a late frame. Pending
+                    # images and infos belong to the old time line.
+                    restart = True
+                    self.stats.drop('time_jump', self._sync.pending)
+                    # This image's CameraInfo may have come first, into the old time line's sync.
+                    info = self._sync.infos.find(stamp)
+                    self._sync = self._new_sync(self.parameters.current)
+                    if info is not None:
+                        self._sync.infos.add(stamp_ns(info.header.stamp), info)
+                    self._hints = self._new_hints(self.parameters.current)
+                if late is None or late < 0 or restart:
+                    self._last_stamp = stamp
+                    ready = self._sync.add_image(stamp, (msg.header, rgb, now, restart))
+            if restart:
+                self.report('time_jump', f'image stamp jumped {late:.3f} s back (clock reset or '
+                            'bag loop): restarting the stream', drop=False)
+            elif late is not None and late >= 0:
+                self.report('out_of_order', f'dropping image stamped {late:.3f} s before (or at) '
+                            'the previous one: stamps must increase')
+                return
+            self._enqueue(ready)
 
     def _output_header(self, header):
         frame_id = self.parameters.current.frame_id
@@ -435,9 +443,10 @@ class DepthNode(Node):
             model.rectified(), info)
 
     def _on_info(self, msg):
-        with self._lock:
-            ready = self._sync.add_info(stamp_ns(msg.header.stamp), msg)
-        self._enqueue(ready)
+        with self._intake:
+            with self._lock:
+                ready = self._sync.add_info(stamp_ns(msg.header.stamp), msg)
+            self._enqueue(ready)
 
     def _on_hint(self, msg):
         p = self.parameters.current
@@ -476,9 +485,10 @@ class DepthNode(Node):
         return np.where(out, np.float32(np.nan), depth).astype(np.float32)
 
     def _poll_sync(self):
-        with self._lock:
-            ready = self._sync.poll()
-        self._enqueue(ready)
+        with self._intake:
+            with self._lock:
+                ready = self._sync.poll()
+            self._enqueue(ready)
 
     def _enqueue(self, pairs):
         if not pairs:
@@ -533,9 +543,14 @@ class DepthNode(Node):
     def _idle_wait(self):
         """Return (seconds to wait for a frame, whether the stream is due for an idle flush)."""
         timeout = self.parameters.current.flush_timeout
-        if timeout <= 0 or self._stream.stats.pending == 0:
+        # One flush per pause: frames the stream lost uncounted would otherwise stay pending
+        # and the worker would flush again and again.
+        if (timeout <= 0 or self._stream.stats.pending == 0
+                or self._idle_flushed == self._last_arrival):
             return 0.2, False
         left = self._last_arrival + timeout - time.monotonic()
+        if left <= 0:
+            self._idle_flushed = self._last_arrival
         return min(0.2, max(left, 0.0)), left <= 0
 
     def _flush_idle(self):
@@ -598,7 +613,11 @@ class DepthNode(Node):
             return
         p = self.parameters.current
         if p.metric_mode == 'anchored':
-            self._update_fit(frames, p)
+            try:
+                self._update_fit(frames, p)
+            except Exception as exc:  # noqa: BLE001 - the frames still publish (previous fit)
+                self.report('hint_fit', f'metric fit failed, keeping the previous one: '
+                            f'{type(exc).__name__}: {exc}', drop=False)
         for frame in frames:
             try:
                 self._publish(frame, p)
@@ -640,8 +659,9 @@ class DepthNode(Node):
     def _metric(self, p):
         if p.metric_mode == 'fixed':
             return p.metric_a, p.metric_b
-        if p.metric_mode == 'anchored' and self._fit is not None:
-            return self._fit.a, self._fit.b
+        fit = self._fit  # read once: a restart on the worker resets it meanwhile
+        if p.metric_mode == 'anchored' and fit is not None:
+            return fit.a, fit.b
         return None
 
     def _publish(self, frame, p):
@@ -801,7 +821,9 @@ class DepthNode(Node):
             self.queue_length, p.queue_size,
             more_dropped=stream_stats.dropped if stream_stats is not None else None,
             loading=stream is None and self.load_error is None, error=self.load_error)
-        if self._points_silent and status.level == DiagnosticStatus.OK:
+        # While the model loads the status says so (OK, as documented); the 'depth/points'
+        # value still tells why no cloud will come.
+        if self._points_silent and status.level == DiagnosticStatus.OK and stream is not None:
             status.level, status.message = DiagnosticStatus.WARN, self._points_silent
         msg = DiagnosticArray(status=[status])
         msg.header.stamp = self.get_clock().now().to_msg()

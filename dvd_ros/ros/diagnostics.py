@@ -94,6 +94,17 @@ class NodeStats:
         totals.append((now, frames_in, dropped))
         return frames_in - in0, dropped - dropped0
 
+    def restart_horizon(self):
+        """Make the recent counts start now (frames dropped before no longer set the level).
+
+        E.g. once the model is loaded: the queue overflowed while it loaded, which says nothing
+        about whether the running node keeps up. The totals stay.
+        """
+        with self.lock:
+            self._totals.clear()
+            self._totals.append((self.clock(), self.input_rate.total,
+                                 sum(self.dropped.values())))
+
     def drop(self, reason, n=1):
         """Count ``n`` frames dropped for ``reason``."""
         with self.lock:
