@@ -353,3 +353,18 @@ def test_drops_while_loading_do_not_warn_once_loaded(context, monkeypatch):
     finally:
         release.set()
         rig.close()
+
+
+def test_diagnostics_after_a_load_failure_do_not_say_loading(context, monkeypatch):
+    def broken(params):
+        raise WeightsError('no DVD weights at /nope')
+    monkeypatch.setattr(depth_node, 'build_regressor', broken)
+    rig = Rig(context, backend='torch', namespace='load_failed')
+    try:
+        assert wait_for(lambda: _diagnostics(rig).get('window / overlap', '').startswith('n/a'),
+                        timeout=5), _diagnostics(rig)
+        values = _diagnostics(rig)
+        assert not [k for k, v in values.items() if 'loading' in str(v)], values
+        assert values['overlap mode'] == 'n/a (the model failed to load)'
+    finally:
+        rig.close()
