@@ -791,13 +791,15 @@ class DepthNode(Node):
         stream = self._stream  # None while the model loads
         stream_stats = stream.stats if stream is not None else None
         loaded = self.regressor is not None
+        failed = 'n/a (the model failed to load)' if self.load_error else None
         extra = {
             'backend': self._backend_name(),
             'dtype': str(getattr(self.regressor, 'dtype', 'unknown') if loaded else p.dtype),
             'device': str(getattr(self.regressor, 'device', 'unknown') if loaded else p.device),
             'window / overlap': (f'{self.window[0]} / {stream_stats.overlap}'
-                                 if stream is not None else 'from the weights (loading)'),
-            'overlap mode': ('loading' if stream is None else 'fixed'
+                                 if stream is not None else failed
+                                 or 'from the weights (loading)'),
+            'overlap mode': ((failed or 'loading') if stream is None else 'fixed'
                              if stream.controller is None else
                              f'auto in [{stream.controller.overlap_min}, {stream.window - 1}]'),
             'metric mode': p.metric_mode,
