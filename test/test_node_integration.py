@@ -368,3 +368,15 @@ def test_diagnostics_after_a_load_failure_do_not_say_loading(context, monkeypatc
         assert values['overlap mode'] == 'n/a (the model failed to load)'
     finally:
         rig.close()
+
+
+def test_hints_outlive_every_frame_the_pipeline_holds(context, made):
+    # The queue, the pipeline's input slots, a window in the model and one being finished: a
+    # hint must still be there when the finishing side publishes the oldest of them.
+    rig = Rig(context, metric_mode='anchored', queue_size=7, window=41)
+    made.append(rig)
+    window = rig.node._stream.window
+    held = 7 + depth_node.PIPELINE_INPUT + 2 * window
+    assert held > depth_node.HINT_CAPACITY  # else the floor alone would pass
+    assert rig.node._hints.capacity >= held
+    assert rig.node._remapped.capacity >= held

@@ -46,6 +46,14 @@ HINT_MAX_SAMPLES = 20_000
 # Hint messages kept at least (oldest forgotten first); the node keeps one per frame that can
 # still be in the queue or the window, so a long window (81 for DVD) keeps its hints too.
 HINT_CAPACITY = 64
+# Frames the pipeline holds beyond the queue: its input slots, and a window being finished
+# while the next one runs in the model (stream.pipeline.StreamPipeline, input_capacity=2).
+PIPELINE_INPUT = 2
+
+
+def hint_capacity(window, queue_size):
+    """Return how many hint messages to keep: one per frame the node may still publish."""
+    return max(HINT_CAPACITY, 2 * window + PIPELINE_INPUT + queue_size)
 # Seconds the worker may take to finish its current window at shutdown.
 JOIN_TIMEOUT_S = 0.5
 
@@ -218,12 +226,13 @@ class DepthNode(Node):
         from dvd_ros.stream.pipeline import StreamPipeline
         # The model runs window k+1 while window k is aligned and published (_deliver).
         self._pipeline = StreamPipeline(self._stream, self._deliver, on_error=self._stream_error,
-                                        input_capacity=2, name=self._node_name)
+                                        input_capacity=PIPELINE_INPUT, name=self._node_name)
         with self._lock:
-            # Hints are kept for every frame the queue and the window can hold.
+            # Hints are kept for every frame the queue and the pipeline can hold.
+            capacity = hint_capacity(self._stream.window, p.queue_size)
             for buffer in (getattr(self, '_hints', None), getattr(self, '_remapped', None)):
                 if buffer is not None:
-                    buffer.capacity = max(buffer.capacity, self._stream.window + p.queue_size)
+                    buffer.capacity = max(buffer.capacity, capacity)
         # Frames the queue dropped while the model loaded do not make the running node WARN.
         self.stats.restart_horizon()
         self._loaded.set()
@@ -260,8 +269,8 @@ class DepthNode(Node):
 
     def _new_hints(self, p):
         window = self._stream.window if self._stream is not None else 0
-        capacity = max(HINT_CAPACITY, window + p.queue_size)
-        return StampBuffer(capacity, tolerance_ns=int(p.sync_tolerance * 1e9))
+        return StampBuffer(hint_capacity(window, p.queue_size),
+                           tolerance_ns=int(p.sync_tolerance * 1e9))
 
     def _make_stream(self, p):
         from dvd_ros.stream.estimator import StreamingDepth
