@@ -55,6 +55,8 @@ setup(
             'ros-diagnostic-msgs==5.5.1',
         ],
         'onnx': ['onnx>=1.16', 'onnxruntime>=1.18'],
+        # Photo textures of the richer training scenes (`dvd-ros train --rich-seeds`).
+        'train': ['scikit-image>=0.22'],
         'test': ['pytest>=8', 'hypothesis>=6.100', 'ruff>=0.6', 'onnx>=1.16',
                  'onnxruntime>=1.18'],
     },

@@ -39,8 +39,9 @@ def add_parser(subparsers):
                    help='full = MSE + 0.5 (L_t + L_h + L_w); l2 = MSE only (ablation)')
     p.add_argument('--vae', default=None, help='stage dit: folder of the trained VAE stage')
     p.add_argument('--base', default=None,
-                   help='stage dit: base weights (converted folder/release file) to fine-tune '
-                        'with LoRA; without it the tiny DiT is trained fully from scratch')
+                   help='stage dit/joint: base weights (converted folder/release file) to '
+                        'fine-tune (with --lora-rank: LoRA only; else the whole DiT); without '
+                        'it the tiny DiT is trained fully from scratch')
     p.add_argument('--lora-rank', type=int, default=None,
                    help='wrap the DiT with LoRA of this rank (alpha = rank); base frozen')
     p.add_argument('--resume', action='store_true', help='continue from OUT/state.pt')
