@@ -34,6 +34,8 @@ import time
 
 import torch
 
+from dvd_ros.processes import pid_alive
+
 LOG = logging.getLogger('dvd_ros.engine_cache')
 CACHE_FORMAT = 1
 MANIFEST = 'manifest.json'
@@ -219,19 +221,6 @@ def file_sha256(path, st=None):
         with _HASHED_LOCK:
             _HASHED[key] = (_signature(after), value)
     return value
-
-
-def pid_alive(pid):
-    """Return whether a process ``pid`` exists on this machine (one we may not signal too)."""
-    if pid <= 0:
-        return False
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 class EntryProblem(Exception):

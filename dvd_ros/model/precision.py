@@ -152,19 +152,22 @@ class Fp8Linear(nn.Module):
         return out if self.bias is None else out + self.bias.to(out.dtype)
 
 
-def quantize_linears(module):
-    """Replace every ``nn.Linear`` under ``module.blocks`` by an ``Fp8Linear`` (in place).
+def quantize_linears(module, layer_class=None):
+    """Replace every ``nn.Linear`` under ``module.blocks`` by an FP8 layer (in place).
 
     Only the transformer blocks: the patch embedding (a convolution) and the output
     projection, which writes the latents the VAE decodes, keep full precision.
 
-    :return: the list of ``Fp8Linear`` layers (calibrate them with ``calibrate_fp8``).
+    :param layer_class: the FP8 layer made from each ``nn.Linear``; None = ``Fp8Linear``
+        (Q/DQ for the ONNX graphs).
+    :return: the list of new layers (calibrate ``Fp8Linear`` ones with ``calibrate_fp8``).
     """
+    layer_class = layer_class or Fp8Linear
     layers = []
     for parent in list(module.blocks.modules()):
         for name, child in list(parent.named_children()):
             if isinstance(child, nn.Linear):
-                layer = Fp8Linear(child)
+                layer = layer_class(child)
                 setattr(parent, name, layer)
                 layers.append(layer)
     if not layers:

@@ -18,7 +18,7 @@ import torch
 from torch import nn
 
 from dvd_ros.errors import InputError
-from dvd_ros.model.precision import FP8_MAX, calibrate_fp8
+from dvd_ros.model.precision import FP8_MAX, calibrate_fp8, quantize_linears
 
 FP8 = torch.float8_e4m3fn
 
@@ -109,16 +109,7 @@ def quantize_blocks(module):
     :return: the new layers (calibrate them with ``calibrate``).
     :raises InputError: no linear layer found.
     """
-    layers = []
-    for parent in list(module.blocks.modules()):
-        for name, child in list(parent.named_children()):
-            if isinstance(child, nn.Linear):
-                layer = ScaledFp8Linear(child)
-                setattr(parent, name, layer)
-                layers.append(layer)
-    if not layers:
-        raise InputError('found no linear layers to quantise to FP8 under module.blocks')
-    return layers
+    return quantize_linears(module, ScaledFp8Linear)
 
 
 def calibrate(module, layers, latents):

@@ -13,6 +13,7 @@ from pathlib import Path
 import shutil
 
 from dvd_ros.errors import InputError
+from dvd_ros.processes import pid_alive
 
 LOG = logging.getLogger('dvd_ros.offline')
 
@@ -136,18 +137,6 @@ def remove_path(path):
         path.unlink(missing_ok=True)
 
 
-def _pid_alive(pid):
-    if pid <= 0:
-        return False
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # alive, owned by someone else
-        return True
-    return True
-
-
 class FolderLock:
     """An exclusive lock on an output folder: `flock` on a file holding the holder's PID.
 
@@ -210,7 +199,7 @@ class FolderLock:
             os.close(fd)
         previous = self._holder()
         if previous is not None and previous != os.getpid():
-            if not fcntl_ok and _pid_alive(previous):
+            if not fcntl_ok and pid_alive(previous):
                 os.close(fd)
                 self._refuse(previous)
             LOG.warning('taking over the stale lock %s of PID %d, which is no longer running',
