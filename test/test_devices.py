@@ -108,12 +108,15 @@ def test_from_pretrained_auto_loads_in_the_chosen_dtype(cpu, monkeypatch, tmp_pa
     assert loaded == [torch.bfloat16]
 
 
-def test_fastest_backend_is_onnxruntime_on_the_cpu_where_installed(monkeypatch):
+def test_fastest_backend_per_cpu(cpu, monkeypatch):
     import importlib.util
 
     real = importlib.util.find_spec
     monkeypatch.setattr(importlib.util, 'find_spec',
                         lambda name, *a: object() if name == 'onnxruntime' else real(name, *a))
+    cpu(AMX)
+    assert devices.fastest_backend('cpu') == 'torch'  # bfloat16 is native here
+    cpu(AVX2, 'AVX2')
     assert devices.fastest_backend('cpu') == 'onnxruntime'
     assert devices.fastest_backend('cuda') == 'torch'
     monkeypatch.setattr(importlib.util, 'find_spec',

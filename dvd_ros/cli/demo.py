@@ -41,8 +41,8 @@ def add_parser(subparsers):
                         'the embedded tiny model')
     parser.add_argument('--device', default='cpu', help='torch device (cpu, cuda:0)')
     parser.add_argument('--backend', default='auto',
-                        help='execution backend; auto = onnxruntime on the CPU where installed, '
-                        'else torch')
+                        help='execution backend; auto = torch where bfloat16 is native (GPU, '
+                        'AMX / AVX-512-BF16 CPU), else onnxruntime where installed, else torch')
     parser.add_argument('--dtype', default='auto',
                         choices=('auto', 'float32', 'bfloat16', 'float16'),
                         help='auto = bfloat16 where the device runs it natively, else float32')
