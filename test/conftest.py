@@ -3,6 +3,8 @@
 import json
 import os
 from pathlib import Path
+import shutil
+import tempfile
 
 import pytest
 
@@ -16,6 +18,15 @@ confine_to_loopback(REPO / 'config' / 'fastdds_localhost.xml', force=True)
 # The golden set ships in the repository (test/fixtures/README.md); DVD_FIXTURES_DIR points the
 # fixture tests at another set of the same format.
 DEFAULT_FIXTURES = REPO / 'test' / 'fixtures'
+# The engine cache of a test run is its own (inherited by the processes tests start): tests never
+# read or write the user's ~/.cache/dvd_ros, and concurrent runs never share entries.
+ENGINE_CACHE = tempfile.mkdtemp(prefix='dvd_ros_test_engines_')
+os.environ['DVD_ROS_ENGINE_CACHE'] = ENGINE_CACHE
+
+
+def pytest_sessionfinish(session, exitstatus):
+    """Remove the test run's own engine cache."""
+    shutil.rmtree(ENGINE_CACHE, ignore_errors=True)
 
 
 def fixtures_dir():

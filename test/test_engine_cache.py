@@ -8,6 +8,7 @@ import json
 import logging
 import multiprocessing
 import os
+from pathlib import Path
 import shutil
 import threading
 import time
@@ -162,6 +163,12 @@ def test_default_cache_dir_honours_the_environment(monkeypatch, tmp_path):
     monkeypatch.delenv('DVD_ROS_ENGINE_CACHE')
     monkeypatch.setenv('XDG_CACHE_HOME', str(tmp_path))
     assert default_cache_dir() == tmp_path / 'dvd_ros' / 'engines'
+
+
+def test_a_test_run_never_touches_the_users_cache():
+    # conftest gives every test run (and the processes it starts) a cache of its own.
+    assert Path.home() / '.cache' not in default_cache_dir().parents
+    assert default_cache_dir().name.startswith('dvd_ros_test_engines_')
 
 
 def _manifest(path):
