@@ -327,6 +327,24 @@ def test_idle_flush_runs_once_per_pause(context, made):
     assert wait_for(lambda: len(flushes) == 2, timeout=10)
 
 
+def test_a_busy_model_is_not_an_idle_camera(context, made):
+    """A window longer than flush_timeout with frames held behind it: no flush mid-stream.
+
+    A camera paced by the node's output (the demo's) sends nothing while the model runs; the
+    pause counts from the last window out, not from the last frame in.
+    """
+    rig = Rig(context, StandInRegressor(delay=0.8), flush_timeout=0.3)
+    made.append(rig)
+    flushes = []
+    flush_idle = rig.node._flush_idle
+    rig.node._flush_idle = lambda: flushes.append(rig.node._stream.stats.windows) or flush_idle()
+    _send_all(rig, WINDOW + 1)  # one window to run, one frame held for the next
+    assert wait_for(lambda: flushes, timeout=10)
+    # The only flush came after the model's windows were out (it ran at least the first one).
+    assert flushes[0] >= 1 and len(flushes) == 1
+    assert wait_for(lambda: rig.probe.count('depth/disparity') == WINDOW + 1, timeout=10)
+
+
 def test_drops_while_loading_do_not_warn_once_loaded(context, monkeypatch):
     """The queue overflows while the model loads; the running node's level starts afresh."""
     release = _slow_build(monkeypatch)

@@ -166,6 +166,9 @@ class DepthNode(Node):
         self.load_error = None
         self._loaded = threading.Event()
         self._last_arrival = time.monotonic()
+        # When the pipeline last finished a window (or failed one): an idle pause counts from
+        # the later of the two, so a model busy with earlier frames is not a stopped camera.
+        self._last_output = self._last_arrival
         self._idle_flushed = None  # the _last_arrival the last idle flush came after
         if regressor is not None:
             self._attach(regressor, p)
@@ -542,7 +545,7 @@ class DepthNode(Node):
                 record = None if idle else self._queue.popleft()
             try:
                 if record is None:
-                    self._flush_idle()
+                    self._flush_if_idle()
                     continue
                 self._process(record)
             except Exception as exc:  # noqa: BLE001 - a dead worker would silence the node
@@ -557,10 +560,19 @@ class DepthNode(Node):
         if (timeout <= 0 or self._stream.stats.pending == 0
                 or self._idle_flushed == self._last_arrival):
             return 0.2, False
-        left = self._last_arrival + timeout - time.monotonic()
-        if left <= 0:
-            self._idle_flushed = self._last_arrival
+        left = max(self._last_arrival, self._last_output) + timeout - time.monotonic()
         return min(0.2, max(left, 0.0)), left <= 0
+
+    def _flush_if_idle(self):
+        # The model may still be on earlier frames (a slow window, or a camera paced by our
+        # output waiting for it): wait for them, then ask again, since they may have brought
+        # new frames or finished the stream's pending ones.
+        self._pipeline.drain()
+        with self._cond:
+            if self._queue or self._stop.is_set() or not self._idle_wait()[1]:
+                return
+            self._idle_flushed = self._last_arrival
+        self._flush_idle()
 
     def _flush_idle(self):
         # The camera stopped (or paused): the frames waiting for their window would otherwise
@@ -607,8 +619,10 @@ class DepthNode(Node):
                 self.stats.windows = stream_stats.windows
                 self.stats.model_s.add(stream_stats.last_model_seconds)
         self._publish_all(frames)
+        self._last_output = time.monotonic()
 
     def _stream_error(self, exc, stage):
+        self._last_output = time.monotonic()
         if stage == 'model':
             # The stream counts the frames it lost (reason model_error / size_mismatch).
             self.report('model_error', f'model window failed, its frames are dropped and the '
