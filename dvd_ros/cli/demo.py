@@ -166,7 +166,11 @@ def run(args):
     depth = {'weights': args.weights, 'device': args.device, 'dtype': args.dtype,
              'backend': args.backend, 'window': args.window, 'overlap': args.overlap,
              'metric_mode': 'anchored', 'hint_type': 'image', 'queue_size': 64,
-             'publish_confidence': True}
+             'publish_confidence': True,
+             # A paced camera pauses whenever it waits for the node's output (longest while
+             # the process starts): that is not the end of the stream, and a flush would
+             # restart it mid-way. The demo's stream ends when the recording has its frames.
+             'flush_timeout': 0.0}
     dtype = str(getattr(regressor, 'dtype', '')).removeprefix('torch.')
     print(f'demo: synthetic camera {args.width}x{args.height} (seed {args.seed}), '
           + (f'paced by the node (at most {args.window + hop} frames in flight, <= '
