@@ -21,6 +21,7 @@ from dataclasses import MISSING, asdict, dataclass, fields
 import datetime
 import errno
 import hashlib
+import importlib.util
 import json
 import logging
 import os
@@ -34,7 +35,7 @@ import time
 
 import torch
 
-from dvd_ros.processes import pid_alive
+from dvd_ros.processes import open_locked, pid_alive
 
 LOG = logging.getLogger('dvd_ros.engine_cache')
 CACHE_FORMAT = 1
@@ -387,31 +388,13 @@ class EngineCache:
         The lock file is removed on release; a waiter that then finds its locked file
         unlinked (or replaced) takes the lock anew, so two holders can never overlap.
         """
-        try:
-            import fcntl
-        except ImportError:  # not POSIX: the rename race below still keeps entries whole
-            yield
+        if importlib.util.find_spec('fcntl') is None:
+            yield  # not POSIX: the rename race below still keeps entries whole
             return
         self.root.mkdir(parents=True, exist_ok=True)
         path = self.root / f'.{key.dirname}.lock'
-        while True:
-            fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
-            try:
-                try:
-                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                except BlockingIOError:
-                    self.log.info('waiting for another build of %s (lock %s)', key.slot, path)
-                    fcntl.flock(fd, fcntl.LOCK_EX)
-                try:
-                    same = os.stat(path).st_ino == os.fstat(fd).st_ino
-                except FileNotFoundError:
-                    same = False
-            except BaseException:
-                os.close(fd)
-                raise
-            if same:
-                break
-            os.close(fd)
+        fd, _ = open_locked(path, on_wait=lambda: self.log.info(
+            'waiting for another build of %s (lock %s)', key.slot, path))
         try:
             os.ftruncate(fd, 0)
             os.write(fd, f'{os.getpid()}\n'.encode())

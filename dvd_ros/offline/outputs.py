@@ -13,7 +13,7 @@ from pathlib import Path
 import shutil
 
 from dvd_ros.errors import InputError
-from dvd_ros.processes import pid_alive
+from dvd_ros.processes import open_locked, pid_alive
 
 LOG = logging.getLogger('dvd_ros.offline')
 
@@ -165,38 +165,12 @@ class FolderLock:
     def acquire(self):
         """Take the lock or raise InputError naming the holder's PID."""
         try:
-            import fcntl
-        except ImportError:
-            fcntl = None
-        while True:
-            try:
-                fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
-            except OSError as exc:
-                raise InputError(f'cannot create the lock {self.path}: '
-                                 f'{exc.strerror or exc}; pass a writable --out') from exc
-            try:
-                if fcntl is not None:
-                    try:
-                        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                    except BlockingIOError:
-                        self._refuse(self._holder())
-                    except OSError:  # no flock on this filesystem: the PID decides
-                        fcntl_ok = False
-                    else:
-                        fcntl_ok = True
-                else:
-                    fcntl_ok = False
-                # The holder may have removed the file between our open and our flock.
-                try:
-                    same = os.stat(self.path).st_ino == os.fstat(fd).st_ino
-                except FileNotFoundError:
-                    same = False
-            except BaseException:
-                os.close(fd)
-                raise
-            if same:
-                break
-            os.close(fd)
+            fd, fcntl_ok = open_locked(self.path, wait=False, without_flock=True)
+        except BlockingIOError:
+            self._refuse(self._holder())
+        except OSError as exc:
+            raise InputError(f'cannot create the lock {self.path}: '
+                             f'{exc.strerror or exc}; pass a writable --out') from exc
         previous = self._holder()
         if previous is not None and previous != os.getpid():
             if not fcntl_ok and pid_alive(previous):
