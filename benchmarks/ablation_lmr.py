@@ -18,7 +18,13 @@ import numpy as np
 import torch
 
 from dvd_ros.model.checkpoint import load_models
-from dvd_ros.train.evaluate import LatentPredictor, MeanDisparity, evaluate, held_out_clips
+from dvd_ros.train.evaluate import (
+    LatentPredictor,
+    MeanDisparity,
+    evaluate,
+    evaluate_clip,
+    held_out_clips,
+)
 
 HELD_OUT_START = 100_000  # training uses seeds 0..239; evaluation never overlaps them
 
@@ -32,6 +38,22 @@ def untrained_like(models):
     return WanTransformer3DModel(**config).eval()
 
 
+@torch.no_grad()
+def roundtrip(models, clips):
+    """Metrics of the VAE round trip of the true target (the VAE's upper bound) per run."""
+    from dvd_ros.train import latent
+    from dvd_ros.train.targets import normalized_disparity, target_video
+
+    rows = []
+    for _rgb, depth in clips:
+        x = torch.from_numpy(target_video(normalized_disparity(depth)))[None]
+        z = latent.encode(models.vae, x, models.latents_mean, models.latents_std)
+        out = latent.decode(models.vae, z, models.latents_mean, models.latents_std)
+        rows.append(evaluate_clip(((out[0] + 1) / 2).clamp(0, 1).mean(0).numpy(), depth))
+    keys = ('abs_rel', 'delta1', 'boundary_f1', 'flicker')
+    return {k: float(np.nanmean([r[k] for r in rows])) for k in keys} | {'clips': len(rows)}
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument('--run', action='append', required=True, metavar='NAME=FOLDER')
@@ -39,6 +61,8 @@ def main():
     parser.add_argument('--frames', type=int, default=9)
     parser.add_argument('--start', type=int, default=HELD_OUT_START)
     parser.add_argument('--json', default=None)
+    parser.add_argument('--roundtrip', action='store_true',
+                        help="also score each run's VAE round trip of the true target")
     args = parser.parse_args()
     torch.set_num_threads(1)
     runs = dict(r.split('=', 1) for r in args.run)
@@ -59,6 +83,8 @@ def main():
         rows[name]['seconds_per_clip'] = (time.perf_counter() - t0) / len(clips)
         rows[name]['train_steps'] = models.meta.get('train', {}).get('steps')
         rows[name]['train_seconds'] = models.meta.get('train_seconds')
+        if args.roundtrip:
+            rows[f'{name} VAE round trip'] = roundtrip(models, clips)
     print(f'held-out seeds {args.start}..{args.start + args.clips - 1}, {args.frames} frames '
           f'of {h}x{w} per clip')
     print(f"{'':20s} {'AbsRel':>8s} {'delta1':>8s} {'bndF1':>8s} {'flicker':>8s}")

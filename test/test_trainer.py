@@ -286,3 +286,60 @@ def test_cli_joint_stage_fine_tunes_a_model_end_to_end(tmp_path):
     tuned = load_models(tmp_path / 'd' / 'converted').transformer
     assert any(not torch.equal(p, q) for p, q in zip(tuned.parameters(),
                                                       before.transformer.parameters()))
+
+
+def test_decoder_stage_trains_only_the_decoder(bank, tmp_path):
+    vae, dit = _models()
+    cfg = TrainConfig(stage='decoder', steps=2, lr=1e-2, video_frames=5, image_batch=2,
+                      video_batch=1, image_weight=0.5, seed=1, pred_fraction=1.0,
+                      edge_weight=3.0)
+    trainer = Trainer(cfg, bank, tmp_path, vae, dit, presets.LATENTS_MEAN, presets.LATENTS_STD)
+    before = {n: p.detach().clone() for n, p in vae.named_parameters()}
+    dit_before = {n: p.detach().clone() for n, p in dit.named_parameters()}
+    logs = trainer.train_step()
+    assert logs['pred_share'] == 1.0 and logs['pixel'] > 0
+    trainer.train_step()
+    for n, p in vae.named_parameters():
+        if n.startswith(('encoder.', 'quant_conv.')):
+            assert torch.equal(p, before[n]), n
+    assert any(not torch.equal(p, before[n]) for n, p in vae.named_parameters()
+               if n.startswith('decoder.'))
+    for n, p in dit.named_parameters():  # frozen: the DiT only predicts
+        assert torch.equal(p, dit_before[n]), n
+    trainer.save_state()
+    saved = torch.load(tmp_path / 'state.pt', weights_only=False)['trainable']
+    assert saved and all(k.startswith(('decoder.', 'post_quant_conv.')) for k in saved)
+
+
+def test_decoder_stage_mixes_predictions_and_encoded_targets(bank, tmp_path):
+    from dvd_ros.train.trainer import _batch, pixel_loss
+
+    vae, dit = _models()
+    cfg = TrainConfig(stage='decoder', steps=1, video_frames=5, image_batch=2, video_batch=1,
+                      pred_fraction=0.0)
+    trainer = Trainer(cfg, bank, tmp_path, vae, dit, presets.LATENTS_MEAN, presets.LATENTS_STD)
+    draw = [(0, 0, 5)]
+    z_rgb, z_tgt = trainer.latents.batch(draw)
+    # pred_fraction 0: the loss is the decoded encoded target's, whatever the DiT predicts.
+    _, tgt = _batch(bank, draw)
+    with torch.no_grad():
+        expected = pixel_loss(vae.decode(
+            z_tgt * latent.stats_like(presets.LATENTS_STD, z_tgt)
+            + latent.stats_like(presets.LATENTS_MEAN, z_tgt)).sample.mean(1), tgt[:, 0])
+        loss, logs = trainer.loss_on(draw)
+    assert logs['pred_share'] == 0.0
+    torch.testing.assert_close(loss, expected)
+    with pytest.raises(InputError, match='pred_fraction'):
+        Trainer(replace(cfg, pred_fraction=1.5), bank, tmp_path, vae, dit,
+                presets.LATENTS_MEAN, presets.LATENTS_STD)
+
+
+def test_pixel_loss_edge_weight_scales_only_the_edge_terms():
+    from dvd_ros.train.trainer import pixel_loss
+
+    target = torch.zeros(1, 1, 8, 8)
+    target[..., 4:] = 1.0
+    flat = torch.full_like(target, 0.5)  # L1 0.5, edge terms: the missing step
+    l1 = (flat - target).abs().mean()
+    e1, e3 = pixel_loss(flat, target, 1.0), pixel_loss(flat, target, 3.0)
+    torch.testing.assert_close(e3 - l1, 3 * (e1 - l1))

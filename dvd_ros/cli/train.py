@@ -17,9 +17,11 @@ def add_parser(subparsers):
                     'regressor (full, or LoRA on a base) with MSE + LMR and writes a '
                     'checkpoint in the converted layout (and the official release layout).')
     p.add_argument('out', help='output directory (state.pt, log.jsonl, checkpoints)')
-    p.add_argument('--stage', choices=('vae', 'dit', 'joint'), default='dit',
+    p.add_argument('--stage', choices=('vae', 'dit', 'joint', 'decoder'), default='dit',
                    help='joint: fine-tune the DiT and the VAE decoder of --base end to end '
-                        '(latent DVD loss + decoded-disparity L1 and edge loss)')
+                        '(latent DVD loss + decoded-disparity L1 and edge loss); decoder: '
+                        'fine-tune only the VAE decoder of --base for sharp depth (encoder and '
+                        'DiT frozen, so the DiT stays valid)')
     p.add_argument('--steps', type=int, default=1000, help='optimizer steps (default 1000)')
     p.add_argument('--lr', type=float, default=None,
                    help='learning rate (default 1e-3 vae, 1e-3 dit from scratch, 1e-4 LoRA)')
@@ -52,6 +54,12 @@ def add_parser(subparsers):
                         'by runs with the same VAE and bank')
     p.add_argument('--pixel-weight', type=float, default=1.0,
                    help='stage joint: weight of the decoded-disparity loss (default 1)')
+    p.add_argument('--edge-weight', type=float, default=1.0,
+                   help='stages joint/decoder: weight of the L1 of the x/y differences of the '
+                        'decoded disparity (default 1)')
+    p.add_argument('--pred-fraction', type=float, default=0.5,
+                   help='stage decoder: share of samples decoded from the DiT predictions '
+                        '(the rest from the encoded targets; default 0.5)')
     p.add_argument('--image-weight', type=float, default=1 / 6,
                    help='probability of an image (T = 1) batch (default 1/6, as the paper)')
     p.add_argument('--threads', type=int, default=1, help='torch CPU threads (default 1)')
@@ -94,9 +102,11 @@ def run(args):
     args.video_frames = lengths[0] if len(lengths) == 1 else lengths
     if args.stage == 'dit' and not args.vae and not args.base:
         raise CliError('stage dit needs --vae DIR (output of --stage vae) or --base WEIGHTS')
-    if args.stage == 'joint' and (not args.base or args.vae or args.lora_rank):
-        raise CliError('stage joint needs --base WEIGHTS (a trained model) and neither --vae '
-                       'nor --lora-rank')
+    if args.stage in ('joint', 'decoder') and (not args.base or args.vae or args.lora_rank):
+        raise CliError(f'stage {args.stage} needs --base WEIGHTS (a trained model) and neither '
+                       '--vae nor --lora-rank')
+    if not 0.0 <= args.pred_fraction <= 1.0:
+        raise CliError(f'--pred-fraction must be in [0, 1], got {args.pred_fraction}')
     out = Path(args.out)
     seeds = _seeds(args.seeds)
     rich = _seeds(args.rich_seeds) if args.rich_seeds else range(0)
@@ -108,7 +118,8 @@ def run(args):
     cfg = TrainConfig(stage=args.stage, steps=args.steps, lr=lr, loss=args.loss,
                       seed=args.seed, save_every=args.save_every,
                       video_frames=args.video_frames, cosine=not args.lora_rank,
-                      image_weight=args.image_weight, pixel_weight=args.pixel_weight)
+                      image_weight=args.image_weight, pixel_weight=args.pixel_weight,
+                      edge_weight=args.edge_weight, pred_fraction=args.pred_fraction)
     if args.stage == 'vae':
         cfg = replace(cfg, image_batch=8, video_batch=2, image_weight=0.25)
     t0 = time.time()

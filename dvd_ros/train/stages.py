@@ -71,9 +71,9 @@ def run_stage(cfg, out, seeds, bank_path, height, width, clips_per_seed, clip_fr
         return {'stage': 'vae', 'steps': trainer.step, 'train_seconds': meta['train_seconds']}
 
     base_meta = {}
-    if cfg.stage == 'joint' and (base is None or vae_dir is not None or lora_rank):
-        raise InputError('stage joint fine-tunes a trained model end to end: give --base '
-                         'WEIGHTS (its VAE and DiT), without --vae or --lora-rank')
+    if cfg.stage in ('joint', 'decoder') and (base is None or vae_dir is not None or lora_rank):
+        raise InputError(f'stage {cfg.stage} fine-tunes a trained model: give --base WEIGHTS '
+                         '(its VAE and DiT), without --vae or --lora-rank')
     if base is not None:
         from dvd_ros.model.checkpoint import load_models
 
@@ -86,7 +86,7 @@ def run_stage(cfg, out, seeds, bank_path, height, width, clips_per_seed, clip_fr
         if vae_dir is not None:
             vae, mean, std = load_vae_stage(vae_dir)
         # Loaded for inference (frozen); without LoRA the whole base DiT is fine-tuned.
-        transformer.requires_grad_(not lora_rank)
+        transformer.requires_grad_(not lora_rank and cfg.stage != 'decoder')
     else:
         vae, mean, std = load_vae_stage(vae_dir)
         torch.manual_seed(cfg.seed)

@@ -37,7 +37,7 @@ TINY_DIT_CONFIG = {'patch_size': [1, 2, 2], 'num_attention_heads': 4, 'attention
 class TrainConfig:
     """Hyper-parameters of one training run (stored in the state and the checkpoint meta)."""
 
-    stage: str = 'dit'  # 'vae', 'dit' or 'joint' (DiT + VAE decoder, end to end)
+    stage: str = 'dit'  # 'vae', 'dit', 'joint' (DiT + VAE decoder) or 'decoder' (decoder only)
     steps: int = 1000
     lr: float = 1e-4
     weight_decay: float = 0.01
@@ -51,6 +51,8 @@ class TrainConfig:
     image_weight: float = 1 / 6
     loss: str = 'full'
     pixel_weight: float = 1.0  # stage 'joint': weight of the decoded-disparity loss
+    edge_weight: float = 1.0  # stages 'joint'/'decoder': weight of the edge terms of pixel_loss
+    pred_fraction: float = 0.5  # stage 'decoder': share of samples decoded from DiT predictions
     seed: int = 0
     save_every: int = 200
     extra: dict = field(default_factory=dict)
@@ -74,18 +76,20 @@ def _batch(bank, draw):
     return torch.from_numpy(np.stack(rgbs)), torch.from_numpy(np.stack(tgts))
 
 
-def pixel_loss(pred, target):
+def pixel_loss(pred, target, edge_weight=1.0):
     """L1 on decoded disparity plus L1 on its spatial forward differences (sharp edges).
 
     :param pred: (B, T, H, W) decoded disparity in [-1, 1] (channel mean)
     :param target: same shape, the target
+    :param edge_weight: weight of the two difference terms
     :return: scalar tensor
     """
     def grad(x, dim):
         return x.narrow(dim, 1, x.shape[dim] - 1) - x.narrow(dim, 0, x.shape[dim] - 1)
 
-    return ((pred - target).abs().mean() + (grad(pred, 2) - grad(target, 2)).abs().mean()
-            + (grad(pred, 3) - grad(target, 3)).abs().mean())
+    edges = ((grad(pred, 2) - grad(target, 2)).abs().mean()
+             + (grad(pred, 3) - grad(target, 3)).abs().mean())
+    return (pred - target).abs().mean() + edge_weight * edges
 
 
 class Trainer:
@@ -94,8 +98,10 @@ class Trainer:
     :param cfg: TrainConfig
     :param bank: ClipBank with the training clips
     :param out_dir: directory for ``state.pt``, ``log.jsonl`` and results
-    :param vae: diffusers AutoencoderKLWan (trained in stage 'vae', frozen in stage 'dit')
-    :param transformer: WanTransformer3DModel (stage 'dit'); may be LoRA-wrapped
+    :param vae: diffusers AutoencoderKLWan (trained in stage 'vae', frozen in stage 'dit'; its
+        decoder trains in stages 'joint' and 'decoder')
+    :param transformer: WanTransformer3DModel (stages 'dit', 'joint'; frozen in 'decoder'); may
+        be LoRA-wrapped
     :param latents_mean: 16 floats (stage 'dit')
     :param latents_std: 16 floats (stage 'dit')
     :param latents: precomputed LatentBank of ``bank`` (stage 'dit'; encoded here if None)
@@ -103,8 +109,11 @@ class Trainer:
 
     def __init__(self, cfg, bank, out_dir, vae, transformer=None, latents_mean=None,
                  latents_std=None, latents=None):
-        if cfg.stage not in ('vae', 'dit', 'joint'):
-            raise InputError(f"stage must be 'vae', 'dit' or 'joint', got {cfg.stage!r}")
+        if cfg.stage not in ('vae', 'dit', 'joint', 'decoder'):
+            raise InputError(f"stage must be 'vae', 'dit', 'joint' or 'decoder', got "
+                             f"{cfg.stage!r}")
+        if not 0.0 <= cfg.pred_fraction <= 1.0:
+            raise InputError(f'pred_fraction must be in [0, 1], got {cfg.pred_fraction}')
         if cfg.stage != 'vae' and (transformer is None or latents_mean is None):
             raise InputError(f'the {cfg.stage} stage needs a transformer and latents_mean/std')
         self.cfg, self.bank, self.out = cfg, bank, Path(out_dir)
@@ -114,14 +123,20 @@ class Trainer:
         if cfg.stage != 'vae':
             vae.requires_grad_(False)
             vae.eval()
-        if cfg.stage == 'joint':
+        if cfg.stage in ('joint', 'decoder'):
             # The encoder stays frozen (its latents are cached); the decoder only ever decodes
             # depth at inference, so it is specialised to the DiT's predictions here.
             vae.decoder.requires_grad_(True)
             vae.post_quant_conv.requires_grad_(True)
-            self.model = torch.nn.ModuleDict({'transformer': transformer,
-                                              'decoder': vae.decoder,
-                                              'post_quant_conv': vae.post_quant_conv})
+            parts = {'decoder': vae.decoder, 'post_quant_conv': vae.post_quant_conv}
+            if cfg.stage == 'joint':
+                parts = {'transformer': transformer, **parts}
+            else:
+                # Stage 'decoder': the DiT is frozen and only predicts (a forward pass without
+                # gradients), so a step costs the decoder alone.
+                transformer.requires_grad_(False)
+                transformer.eval()
+            self.model = torch.nn.ModuleDict(parts)
         self.params = [p for p in self.model.parameters() if p.requires_grad]
         if not self.params:
             raise InputError('no trainable parameters (all frozen)')
@@ -187,16 +202,38 @@ class Trainer:
             loss = l1 + mse + reg
             return loss, {'l1': l1.item(), 'mse': mse.item(), 'loss': loss.item()}
         z_rgb, z_tgt = self.latents.batch(draw)
+        if self.cfg.stage == 'decoder':
+            return self._decoder_loss(draw, z_rgb, z_tgt)
         pred = latent.regress(self.transformer, z_rgb)
         loss, logs = dvd_loss(pred, z_tgt, kind=self.cfg.loss)
         if self.cfg.stage == 'joint':
             _, tgt = _batch(self.bank, draw)
             mu = pred * latent.stats_like(self.std, pred) + latent.stats_like(self.mean, pred)
             disparity = self.vae.decode(mu).sample.mean(1)  # channel mean, as at inference
-            pixel = pixel_loss(disparity, tgt[:, 0])
+            pixel = pixel_loss(disparity, tgt[:, 0], self.cfg.edge_weight)
             loss = loss + self.cfg.pixel_weight * pixel
             logs.update(pixel=float(pixel.detach()), loss=float(loss.detach()))
         return loss, logs
+
+    def _decoder_loss(self, draw, z_rgb, z_tgt):
+        """Return the stage 'decoder' loss on one batch -> (loss, logs).
+
+        A ``pred_fraction`` share of the samples decodes the DiT's predictions, the rest the
+        encoded targets; both are compared with the target disparity. The predictions teach
+        the decoder to sharpen what the DiT actually outputs; the encoded targets keep it a
+        faithful decoder of the latent space the DiT was trained on.
+        """
+        with torch.no_grad():
+            pred = latent.regress(self.transformer, z_rgb)
+        use_pred = torch.rand(len(draw)) < self.cfg.pred_fraction  # torch RNG: in the state
+        z = torch.where(use_pred.view(-1, 1, 1, 1, 1), pred, z_tgt)
+        _, tgt = _batch(self.bank, draw)
+        mu = z * latent.stats_like(self.std, z) + latent.stats_like(self.mean, z)
+        disparity = self.vae.decode(mu).sample.mean(1)  # channel mean, as at inference
+        loss = pixel_loss(disparity, tgt[:, 0], self.cfg.edge_weight)
+        l1 = (disparity.detach() - tgt[:, 0]).abs().mean()
+        return loss, {'l1': float(l1), 'pixel': float(loss.detach()), 'loss': float(loss.detach()),
+                      'pred_share': float(use_pred.float().mean())}
 
     def train_step(self):
         """Run one optimizer step; returns the log dict."""
