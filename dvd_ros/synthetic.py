@@ -434,13 +434,15 @@ class SyntheticScene:
                 if clearance < 1.5 * size + 0.3:
                     continue
                 if rng.random() < 0.4:
-                    centre[1] = size if rng.random() < 0.5 else rng.uniform(size, sy - size)
+                    # Outdoors nothing floats: the same draws, the object stays on the ground.
+                    centre[1] = size if rng.random() < 0.5 or self.outdoor else rng.uniform(
+                        size, sy - size)
                     self.spheres.append((centre, size, _Texture(rng, (0.1, 0.4))))
                 else:
                     half = size * rng.uniform(0.4, 1.2, size=3)
                     lo = np.array([-half[0], 0.0, -half[2]])
                     hi = np.array([half[0], 2 * half[1], half[2]])
-                    if rng.random() < 0.3:  # a shelf or picture hanging in the air
+                    if rng.random() < 0.3 and not self.outdoor:  # a shelf or a picture
                         lo[1] = rng.uniform(0.3, sy - 2 * half[1] - 0.1)
                         hi[1] = lo[1] + 2 * half[1]
                     self.boxes.append((centre, _rotation_y(rng.uniform(0, math.pi)), lo, hi,
@@ -448,10 +450,16 @@ class SyntheticScene:
             self.ambient = rng.uniform(0.1, 0.5)
             self.light_colour = rng.uniform(0.75, 1.0, size=3) / 0.875
         if photos:
-            def swap(tex):
-                return _PhotoTexture(rng, photos) if rng.random() < 0.5 else tex
+            def swap(tex, scale_range=(1.5, 5.0)):
+                # Facades keep their windows (a far photo fades to its mean colour).
+                if rng.random() < 0.5 and not isinstance(tex, _FacadeTexture):
+                    return _PhotoTexture(rng, photos, scale_range)
+                return tex
 
-            self.room_tex = [t if t is None else swap(t) for t in self.room_tex]  # not the sky
+            # Not the sky; an outdoor ground photo is stretched to stay visible far away.
+            ground = (4.0, 12.0) if self.outdoor else (1.5, 5.0)
+            self.room_tex = [t if t is None else swap(t, ground if k == 2 else (1.5, 5.0))
+                             for k, t in enumerate(self.room_tex)]
             self.boxes = [(c, r, lo, hi, swap(t)) for c, r, lo, hi, t in self.boxes]
             self.spheres = [(c, r, swap(t)) for c, r, t in self.spheres]
 

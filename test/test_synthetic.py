@@ -190,3 +190,17 @@ def test_render_bank_orders_plain_rich_outdoor_seeds():
     out = SyntheticScene(4, height=16, width=24, clutter=True, photos=photos, outdoor=True)
     np.testing.assert_array_equal(bank.rgb[7], out.clip(2, start=37, stride=2)[0])
     assert bank.depth[4:].max() > 25.0 > bank.depth[:4].max()  # outdoor scenes see the sky
+
+
+def test_outdoor_view_culling_changes_no_pixel():
+    scene = SyntheticScene(6, height=24, width=32, outdoor=True, clutter=True)
+    frames = [scene.render(i) for i in (0, 40, 90)]
+    centres, radii = scene._bounds
+    scene._bounds = (centres, radii + 1e6)  # every object passes the frustum test
+    for f in frames:
+        full = scene.render(f.index)
+        np.testing.assert_array_equal(f.rgb, full.rgb)
+        np.testing.assert_array_equal(f.depth, full.depth)
+    assert (scene._in_view(frames[0].pose[:3, :3], frames[0].pose[:3, 3])).all()
+    scene._bounds = (centres, radii)
+    assert not scene._in_view(frames[0].pose[:3, :3], frames[0].pose[:3, 3]).all()
