@@ -2,8 +2,9 @@
 
 A scene is a closed, textured room (floor, walls, ceiling) holding randomly placed boxes
 (rotated about the vertical axis) and spheres, seen by a pinhole camera that moves along a
-smooth closed trajectory. Everything is derived from one integer seed, so frame ``i`` of
-scene ``seed`` is bit-identical on every machine. Pure numpy.
+smooth closed trajectory. ``outdoor=True`` gives an open scene instead: textured ground, a far
+sky surface, buildings and trees. Everything is derived from one integer seed, so frame ``i``
+of scene ``seed`` is bit-identical on every machine. Pure numpy.
 
 Conventions: world frame right-handed with ``+y`` up (floor at ``y = 0``); camera frame is the
 OpenCV one (x right, y down, z forward); ``K`` maps camera coordinates to pixel *indices*
@@ -381,7 +382,7 @@ class SyntheticScene:
             if np.hypot(path[:, 0] - centre[0], path[:, 2] - centre[2]).min() < 1.5 * size + 0.5:
                 continue
             if rng.random() < 0.4:
-                centre[1] = size if rng.random() < 0.7 else rng.uniform(size, 2.5)
+                centre[1] = size
                 self.spheres.append((centre, size, _Texture(rng, (0.15, 0.5))))
             else:
                 half = size * rng.uniform(0.5, 1.2, size=3)

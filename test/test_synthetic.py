@@ -145,7 +145,7 @@ def test_outdoor_scene_is_deterministic_with_ground_sky_and_level_camera():
         sky = (radius > scene.sky_radius - 1e-3) | (world[:, 1] > scene.sky_top - 1e-3)
         ground = np.abs(world[:, 1]) < 1e-3
         assert (z.ravel()[sky] > 25.0).all()  # the sky is far
-        assert ground.reshape(h, w)[-1].mean() > 0.5 and z[-1].max() < 10.0  # near ground below
+        assert ground.reshape(h, w)[-1].any() and z[-1].max() < 10.0  # near ground below
         assert sky.reshape(h, w)[-1].sum() == 0
         top_has_sky += bool(sky.reshape(h, w)[0].any())
         # Far pixels sit above near ones in the image (a horizon between ground and sky).
@@ -160,6 +160,8 @@ def test_outdoor_camera_stays_clear_of_objects_and_composes_with_clutter_and_pho
     assert max(heights) >= 3.0  # at least one building
     depths = np.stack([scene.render(i).depth for i in range(0, scene.frames_per_loop, 7)])
     assert depths.min() > 0.3  # nothing touches the camera anywhere on its path
+    near = [np.minimum(scene.render(i).depth, 20.0) for i in (0, 1, 30)]  # smooth motion
+    assert 0 < np.abs(near[1] - near[0]).mean() < np.abs(near[2] - near[0]).mean()
     rng = np.random.default_rng(0)
     photos = [rng.uniform(0, 1, size=(16, 24, 3)).astype(np.float32)]
     rich = SyntheticScene(4, height=16, width=24, outdoor=True, clutter=True, photos=photos)
