@@ -343,3 +343,25 @@ def test_pixel_loss_edge_weight_scales_only_the_edge_terms():
     l1 = (flat - target).abs().mean()
     e1, e3 = pixel_loss(flat, target, 1.0), pixel_loss(flat, target, 3.0)
     torch.testing.assert_close(e3 - l1, 3 * (e1 - l1))
+
+
+def test_cli_outdoor_seeds_are_parsed_tagged_and_recorded(tmp_path, capsys):
+    pytest.importorskip('skimage')
+    from dvd_ros.cli.main import main
+
+    base = ['--clips-per-seed', '1', '--clip-frames', '5', '--height', '32', '--width', '32',
+            '--no-progress', '--steps', '1']
+    for bad, message in (('5', '--outdoor-seeds must be START:STOP'),
+                         ('7:5', '--outdoor-seeds needs STOP > START')):
+        assert main(['train', str(tmp_path / 'x'), '--stage', 'vae', '--outdoor-seeds', bad]
+                    + base) == 2
+        assert message in capsys.readouterr().err
+    assert not (tmp_path / 'x').exists()
+    assert main(['train', str(tmp_path / 'vae'), '--stage', 'vae', '--seeds', '0:1'] + base) == 0
+    assert main(['train', str(tmp_path / 'dit'), '--stage', 'dit', '--vae', str(tmp_path / 'vae'),
+                 '--seeds', '0:1', '--outdoor-seeds', '3:4', '--video-frames', '5'] + base) == 0
+    bank = np.load(tmp_path / 'bank_0_1_out3_4_1x5_32x32.npz')
+    np.testing.assert_array_equal(bank['seeds'], [0, 3])
+    assert bank['depth'][1].max() > 25.0 > bank['depth'][0].max()  # the outdoor clip: sky
+    meta = load_models(tmp_path / 'dit' / 'converted').meta
+    assert meta['outdoor_seeds'] == [3, 4] and 'rich_seeds' not in meta

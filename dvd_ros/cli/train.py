@@ -31,6 +31,9 @@ def add_parser(subparsers):
     p.add_argument('--rich-seeds', default=None,
                    help='extra scene seeds START:STOP rendered with clutter and photo textures '
                         '(scikit-image sample photographs); default none')
+    p.add_argument('--outdoor-seeds', default=None,
+                   help='extra scene seeds START:STOP rendered as outdoor scenes (ground, sky, '
+                        'buildings, trees) with clutter and photo textures; default none')
     p.add_argument('--clips-per-seed', type=int, default=4)
     p.add_argument('--clip-frames', type=int, default=9)
     p.add_argument('--video-frames', default=None,
@@ -67,13 +70,13 @@ def add_parser(subparsers):
     p.set_defaults(func=run)
 
 
-def _seeds(text):
+def _seeds(text, option='--seeds'):
     try:
         start, stop = (int(x) for x in text.split(':'))
     except ValueError:
-        raise CliError(f'--seeds must be START:STOP integers, got {text!r}') from None
+        raise CliError(f'{option} must be START:STOP integers, got {text!r}') from None
     if stop <= start:
-        raise CliError(f'--seeds needs STOP > START, got {text!r}')
+        raise CliError(f'{option} needs STOP > START, got {text!r}')
     return range(start, stop)
 
 
@@ -109,8 +112,10 @@ def run(args):
         raise CliError(f'--pred-fraction must be in [0, 1], got {args.pred_fraction}')
     out = Path(args.out)
     seeds = _seeds(args.seeds)
-    rich = _seeds(args.rich_seeds) if args.rich_seeds else range(0)
+    rich = _seeds(args.rich_seeds, '--rich-seeds') if args.rich_seeds else range(0)
     rich_tag = f'_rich{rich.start}_{rich.stop}' if rich else ''
+    outdoor = _seeds(args.outdoor_seeds, '--outdoor-seeds') if args.outdoor_seeds else range(0)
+    rich_tag += f'_out{outdoor.start}_{outdoor.stop}' if outdoor else ''
     bank_path = args.bank or out.parent / (f'bank_{seeds.start}_{seeds.stop}{rich_tag}_'
                                            f'{args.clips_per_seed}x{args.clip_frames}_'
                                            f'{args.height}x{args.width}.npz')
@@ -127,6 +132,7 @@ def run(args):
         cfg, out, seeds=seeds, bank_path=bank_path, height=args.height, width=args.width,
         clips_per_seed=args.clips_per_seed, clip_frames=args.clip_frames, vae_dir=args.vae,
         base=args.base, lora_rank=args.lora_rank, resume=args.resume,
-        progress=not args.no_progress, latents_path=args.latents, rich_seeds=rich)
+        progress=not args.no_progress, latents_path=args.latents, rich_seeds=rich,
+        outdoor_seeds=outdoor)
     print(json.dumps({'out': str(out), 'wall_seconds': round(time.time() - t0, 1), **result}))
     return 0

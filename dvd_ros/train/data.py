@@ -27,19 +27,21 @@ class ClipBank:
 
 
 def render_bank(seeds, clips_per_seed=4, frames=9, height=64, width=96, stride=2,
-                gap=37, progress=False, rich_seeds=()):
+                gap=37, progress=False, rich_seeds=(), outdoor_seeds=()):
     """Render ``clips_per_seed`` clips of ``frames`` frames from each scene seed -> ClipBank.
 
     Clips of one scene start ``gap`` frames apart (different views of the same room).
     ``rich_seeds`` are rendered after ``seeds`` with clutter and photo textures
-    (``dvd_ros.train.photos``, needs scikit-image).
+    (``dvd_ros.train.photos``, needs scikit-image); ``outdoor_seeds`` after those, as outdoor
+    scenes with clutter and photo textures (same requirement).
     """
     rich = [int(s) for s in rich_seeds]
+    outdoor = [int(s) for s in outdoor_seeds]
     photos = None
-    if rich:
+    if rich or outdoor:
         from dvd_ros.train.photos import load_photos
         photos = load_photos()
-    seeds = [int(s) for s in seeds] + rich
+    seeds = [int(s) for s in seeds] + rich + outdoor
     if not seeds or clips_per_seed < 1 or frames < 1:
         raise InputError(f'need seeds, clips_per_seed >= 1 and frames >= 1, got {len(seeds)} '
                          f'seeds, {clips_per_seed}, {frames}')
@@ -48,8 +50,11 @@ def render_bank(seeds, clips_per_seed=4, frames=9, height=64, width=96, stride=2
     if progress:
         from tqdm import tqdm
         iterator = tqdm(seeds, desc='render', unit='scene')
+    n_plain = len(seeds) - len(rich) - len(outdoor)
     for n, seed in enumerate(iterator):
-        extra = {'clutter': True, 'photos': photos} if n >= len(seeds) - len(rich) else {}
+        extra = {'clutter': True, 'photos': photos} if n >= n_plain else {}
+        if n >= n_plain + len(rich):
+            extra['outdoor'] = True
         scene = SyntheticScene(seed, height=height, width=width, **extra)
         for c in range(clips_per_seed):
             rgb, depth = scene.clip(frames, start=c * gap, stride=stride)

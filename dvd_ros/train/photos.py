@@ -24,7 +24,7 @@ def load_photos(names=PHOTOS, max_side=128):
         from skimage import data
     except ImportError:
         raise InputError('photo textures need scikit-image: `pip install scikit-image`, or '
-                         'train without --rich-seeds') from None
+                         'train without --rich-seeds and --outdoor-seeds') from None
     import cv2
 
     images = []

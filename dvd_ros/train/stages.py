@@ -42,7 +42,7 @@ def load_vae_stage(vae_dir):
 
 def run_stage(cfg, out, seeds, bank_path, height, width, clips_per_seed, clip_frames,
               vae_dir=None, base=None, lora_rank=None, resume=False, progress=True,
-              latents_path=None, rich_seeds=range(0)):
+              latents_path=None, rich_seeds=range(0), outdoor_seeds=range(0)):
     """Train one stage and save its outputs under ``out``; returns a summary dict.
 
     Stage 'dit' encodes the bank once with the frozen VAE; ``latents_path`` caches those
@@ -53,7 +53,8 @@ def run_stage(cfg, out, seeds, bank_path, height, width, clips_per_seed, clip_fr
     out = Path(out)
     bank = load_or_render_bank(bank_path, seeds=seeds, clips_per_seed=clips_per_seed,
                                frames=clip_frames, height=height, width=width,
-                               progress=progress, rich_seeds=rich_seeds)
+                               progress=progress, rich_seeds=rich_seeds,
+                               outdoor_seeds=outdoor_seeds)
     if cfg.stage == 'vae':
         vae = AutoencoderKLWan(**TINY_VAE_CONFIG)
         trainer = Trainer(cfg, bank, out, vae)
@@ -113,6 +114,8 @@ def run_stage(cfg, out, seeds, bank_path, height, width, clips_per_seed, clip_fr
             'lora': lora}
     if rich_seeds:
         meta['rich_seeds'] = [rich_seeds.start, rich_seeds.stop]
+    if outdoor_seeds:
+        meta['outdoor_seeds'] = [outdoor_seeds.start, outdoor_seeds.stop]
     if base_meta:
         meta['base'] = {'weights': str(base), **base_meta}
     from dvd_ros.train.export import save_trained
