@@ -10,8 +10,8 @@ import torch
 from dvd_ros.model.checkpoint import DEFAULT_WEIGHTS, load_models
 from dvd_ros.train.evaluate import LatentPredictor, MeanDisparity, evaluate, held_out_clips
 
-# Training used scene seeds 0..599 and 1000..1119 (docs/training.md); these were never rendered
-# for training.
+# Training used scene seeds below 30000 (room, rich and outdoor; docs/training.md); these were
+# never rendered for training.
 HELD_OUT = range(900_000, 900_003)
 
 
@@ -48,6 +48,7 @@ def test_package_is_small_and_describes_its_processing_size(models):
     assert int(models.meta['height']) % 16 == 0 and int(models.meta['width']) % 16 == 0
     assert models.meta['seeds'][1] <= HELD_OUT.start
     assert models.meta.get('rich_seeds', [0, 0])[1] <= HELD_OUT.start
+    assert models.meta.get('outdoor_seeds', [0, 0])[1] <= HELD_OUT.start
 
 
 def test_trained_model_beats_mean_disparity_and_untrained_network(scores):
