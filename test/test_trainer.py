@@ -365,3 +365,50 @@ def test_cli_outdoor_seeds_are_parsed_tagged_and_recorded(tmp_path, capsys):
     assert bank['depth'][1].max() > 25.0 > bank['depth'][0].max()  # the outdoor clip: sky
     meta = load_models(tmp_path / 'dit' / 'converted').meta
     assert meta['outdoor_seeds'] == [3, 4] and 'rich_seeds' not in meta
+
+
+def test_grow_transformer_keeps_the_function_and_the_new_blocks_train(bank):
+    from dvd_ros.train.stages import grow_transformer
+
+    vae, dit = _models()
+    old_blocks = list(dit.blocks)
+    x = torch.randn(1, 16, 2, 4, 4)
+    with torch.no_grad():
+        before = latent.regress(dit, x)
+    n_old, n_new = len(old_blocks), len(old_blocks) + 3
+    added = grow_transformer(dit, n_new)
+    assert len(dit.blocks) == n_new == dit.config.num_layers
+    assert len(added) == n_new - n_old
+    # The old blocks keep their order; the new ones sit between them, not all at one end.
+    assert [b for b in dit.blocks if any(b is o for o in old_blocks)] == old_blocks
+    assert min(added) < n_new - (n_new - n_old)
+    with torch.no_grad():
+        torch.testing.assert_close(latent.regress(dit, x), before, rtol=0, atol=0)
+    # The zeroed output projections of a new block learn; the block then changes the output.
+    cfg = TrainConfig(stage='dit', steps=1, lr=1e-2, video_frames=5, image_batch=2,
+                      video_batch=1)
+    Trainer(cfg, bank, '/nonexistent-unused', vae, dit, presets.LATENTS_MEAN,
+            presets.LATENTS_STD).train_step()
+    assert all(dit.blocks[k].ffn.net[2].weight.abs().sum() > 0 for k in added)
+    with pytest.raises(InputError, match='--dit-layers >= '):
+        grow_transformer(dit, n_old)
+
+
+def test_cli_dit_layers_deepens_the_base_and_records_it(tmp_path, capsys):
+    from dvd_ros.cli.main import main
+
+    vae, dit = _models()
+    n_old = dit.config.num_layers
+    base = save_trained(tmp_path / 'base', dit, vae, presets.LATENTS_MEAN, presets.LATENTS_STD,
+                        {'height': 32, 'width': 32, 'train': {'seed': 0}})['converted']
+    common = ['--seeds', '0:1', '--clips-per-seed', '1', '--clip-frames', '5', '--height',
+              '32', '--width', '32', '--no-progress', '--video-frames', '5', '--steps', '1']
+    assert main(['train', str(tmp_path / 'g'), '--stage', 'dit', '--base', str(base),
+                 '--dit-layers', str(n_old + 1)] + common) == 0
+    models = load_models(tmp_path / 'g' / 'converted')
+    assert len(models.transformer.blocks) == n_old + 1
+    assert models.meta['dit_grown']['from_layers'] == n_old
+    assert len(models.meta['dit_grown']['new_blocks']) == 1
+    assert main(['train', str(tmp_path / 'j'), '--stage', 'joint', '--base', str(base),
+                 '--dit-layers', str(n_old + 1)] + common) == 2
+    assert '--dit-layers' in capsys.readouterr().err

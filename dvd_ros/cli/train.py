@@ -47,6 +47,10 @@ def add_parser(subparsers):
                    help='stage dit/joint: base weights (converted folder/release file) to '
                         'fine-tune (with --lora-rank: LoRA only; else the whole DiT); without '
                         'it the tiny DiT is trained fully from scratch')
+    p.add_argument('--dit-layers', type=int, default=None,
+                   help='stage dit: DiT depth; from scratch the tiny DiT gets N blocks, with '
+                        '--base its DiT is deepened to N blocks by identity-initialised copies '
+                        '(output projections zero), spread between the old ones')
     p.add_argument('--lora-rank', type=int, default=None,
                    help='wrap the DiT with LoRA of this rank (alpha = rank); base frozen')
     p.add_argument('--resume', action='store_true', help='continue from OUT/state.pt')
@@ -108,6 +112,10 @@ def run(args):
     if args.stage in ('joint', 'decoder') and (not args.base or args.vae or args.lora_rank):
         raise CliError(f'stage {args.stage} needs --base WEIGHTS (a trained model) and neither '
                        '--vae nor --lora-rank')
+    if args.dit_layers is not None and (args.stage != 'dit' or args.lora_rank
+                                        or args.dit_layers < 1):
+        raise CliError(f'--dit-layers needs stage dit without --lora-rank and N >= 1, got '
+                       f'{args.dit_layers} with stage {args.stage}')
     if not 0.0 <= args.pred_fraction <= 1.0:
         raise CliError(f'--pred-fraction must be in [0, 1], got {args.pred_fraction}')
     out = Path(args.out)
@@ -133,6 +141,6 @@ def run(args):
         clips_per_seed=args.clips_per_seed, clip_frames=args.clip_frames, vae_dir=args.vae,
         base=args.base, lora_rank=args.lora_rank, resume=args.resume,
         progress=not args.no_progress, latents_path=args.latents, rich_seeds=rich,
-        outdoor_seeds=outdoor)
+        outdoor_seeds=outdoor, dit_layers=args.dit_layers)
     print(json.dumps({'out': str(out), 'wall_seconds': round(time.time() - t0, 1), **result}))
     return 0

@@ -40,11 +40,45 @@ def load_vae_stage(vae_dir):
     return vae.eval(), list(presets.LATENTS_MEAN), list(presets.LATENTS_STD)
 
 
+def grow_transformer(transformer, num_layers):
+    """Deepen a trained Wan DiT in place to ``num_layers`` blocks without changing its output.
+
+    Each new block is a copy of the block before it with the output projections of its
+    self-attention, cross-attention and feed-forward set to zero: every branch of a Wan block
+    is added to the residual stream, so the new block is the identity until training moves
+    those projections. New blocks are spread evenly between the old ones. Returns the indices
+    of the new blocks.
+    """
+    import copy
+
+    old = list(transformer.blocks)
+    if num_layers < len(old):
+        raise InputError(f'cannot shrink the DiT from {len(old)} to {num_layers} blocks: give '
+                         f'--dit-layers >= {len(old)} (the depth of the base)')
+    n_new = num_layers - len(old)
+    after = [max(0, (i + 1) * len(old) // (n_new + 1) - 1) for i in range(n_new)]
+    blocks, added = [], []
+    for k, block in enumerate(old):
+        blocks.append(block)
+        for _ in range(after.count(k)):
+            new = copy.deepcopy(block)
+            for linear in (new.attn1.to_out[0], new.attn2.to_out[0], new.ffn.net[2]):
+                torch.nn.init.zeros_(linear.weight)
+                torch.nn.init.zeros_(linear.bias)
+            added.append(len(blocks))
+            blocks.append(new)
+    transformer.blocks = torch.nn.ModuleList(blocks)
+    transformer.register_to_config(num_layers=num_layers)
+    return added
+
+
 def run_stage(cfg, out, seeds, bank_path, height, width, clips_per_seed, clip_frames,
               vae_dir=None, base=None, lora_rank=None, resume=False, progress=True,
-              latents_path=None, rich_seeds=range(0), outdoor_seeds=range(0)):
+              latents_path=None, rich_seeds=range(0), outdoor_seeds=range(0), dit_layers=None):
     """Train one stage and save its outputs under ``out``; returns a summary dict.
 
+    ``dit_layers`` sets the DiT's depth: from scratch, the tiny DiT gets that many blocks; with
+    ``base``, its DiT is deepened by ``grow_transformer`` (same output at step 0).
     Stage 'dit' encodes the bank once with the frozen VAE; ``latents_path`` caches those
     latents so that several runs (e.g. the two ablation arms) share them.
     """
@@ -71,10 +105,13 @@ def run_stage(cfg, out, seeds, bank_path, height, width, clips_per_seed, clip_fr
         (out / 'vae_stage.json').write_text(json.dumps(meta, indent=1))
         return {'stage': 'vae', 'steps': trainer.step, 'train_seconds': meta['train_seconds']}
 
-    base_meta = {}
+    base_meta, grown = {}, None
     if cfg.stage in ('joint', 'decoder') and (base is None or vae_dir is not None or lora_rank):
         raise InputError(f'stage {cfg.stage} fine-tunes a trained model: give --base WEIGHTS '
                          '(its VAE and DiT), without --vae or --lora-rank')
+    if dit_layers is not None and (cfg.stage != 'dit' or lora_rank):
+        raise InputError('a DiT depth (--dit-layers) is for stage dit without LoRA (the new '
+                         'blocks must train)')
     if base is not None:
         from dvd_ros.model.checkpoint import load_models
 
@@ -86,12 +123,17 @@ def run_stage(cfg, out, seeds, bank_path, height, width, clips_per_seed, clip_fr
                      if k in (models.meta or {})}
         if vae_dir is not None:
             vae, mean, std = load_vae_stage(vae_dir)
+        if dit_layers is not None:
+            depth = len(transformer.blocks)
+            grown = {'from_layers': depth, 'new_blocks': grow_transformer(transformer,
+                                                                          dit_layers)}
         # Loaded for inference (frozen); without LoRA the whole base DiT is fine-tuned.
         transformer.requires_grad_(not lora_rank and cfg.stage != 'decoder')
     else:
         vae, mean, std = load_vae_stage(vae_dir)
         torch.manual_seed(cfg.seed)
-        transformer = WanTransformer3DModel(**TINY_DIT_CONFIG)
+        transformer = WanTransformer3DModel(**{**TINY_DIT_CONFIG, **(
+            {'num_layers': dit_layers} if dit_layers is not None else {})})
     lora = None
     if lora_rank:
         from dvd_ros.train.lora import add_lora
@@ -118,6 +160,8 @@ def run_stage(cfg, out, seeds, bank_path, height, width, clips_per_seed, clip_fr
         meta['outdoor_seeds'] = [outdoor_seeds.start, outdoor_seeds.stop]
     if base_meta:
         meta['base'] = {'weights': str(base), **base_meta}
+    if grown:
+        meta['dit_grown'] = grown
     from dvd_ros.train.export import save_trained
 
     paths = save_trained(out, transformer, vae, mean, std, meta, lora=lora)
