@@ -412,3 +412,44 @@ def test_cli_dit_layers_deepens_the_base_and_records_it(tmp_path, capsys):
     assert main(['train', str(tmp_path / 'j'), '--stage', 'joint', '--base', str(base),
                  '--dit-layers', str(n_old + 1)] + common) == 2
     assert '--dit-layers' in capsys.readouterr().err
+
+
+def test_cached_bank_is_used_only_when_it_matches_and_is_left_alone(tmp_path):
+    from dvd_ros.train.data import load_or_render_bank
+
+    path = tmp_path / 'bank.npz'
+    args = {'seeds': range(11, 12), 'clips_per_seed': 1, 'frames': 5, 'height': 32,
+            'width': 32}
+    made = load_or_render_bank(path, **args)
+    assert not list(tmp_path.glob('*.partial'))
+    again = load_or_render_bank(path, **args)
+    assert np.array_equal(again.rgb, made.rgb) and np.array_equal(again.seeds, made.seeds)
+    data = path.read_bytes()
+    for wrong, says in (({**args, 'seeds': range(12, 13)}, 'scene seeds'),
+                        ({**args, 'frames': 9}, 'shape'),
+                        ({**args, 'clips_per_seed': 2}, 'shape')):
+        with pytest.raises(InputError, match=f'does not match this run: .*{says}.*--bank'):
+            load_or_render_bank(path, **wrong)
+    assert path.read_bytes() == data
+
+
+def test_latent_cache_is_checked_against_the_bank_and_the_vae(bank, tmp_path):
+    vae, _ = _models()
+    other, _ = _models(seed=1)
+    mean, std = presets.LATENTS_MEAN, presets.LATENTS_STD
+    lb = LatentBank.encode(vae, bank, mean, std, [5])
+    lb.save(tmp_path / 'lat.pt')
+    lb = LatentBank.load(tmp_path / 'lat.pt')
+    lb.check(vae, bank, mean, std, 5, 'lat.pt')
+    with pytest.raises(InputError, match='does not match clip 0 .* this VAE'):
+        lb.check(other, bank, mean, std, 5, 'lat.pt')
+    with pytest.raises(InputError, match=r'no \[9\]-frame videos'):
+        lb.check(vae, bank, mean, std, [5, 9], 'lat.pt')
+    short = LatentBank({5: tuple(v[:1] for v in lb.videos[5])}, lb.target_image[:1])
+    with pytest.raises(InputError, match=f'holds \\[1\\] clips, the bank {len(bank)}'):
+        short.check(vae, bank, mean, std, 5, 'lat.pt')
+    # A clip that was changed after encoding is found too (the last clip is re-encoded).
+    changed = LatentBank({5: (lb.videos[5][0], lb.videos[5][1].clone())}, lb.target_image)
+    changed.videos[5][1][-1] += 0.1
+    with pytest.raises(InputError, match=f'clip {len(bank) - 1}'):
+        changed.check(vae, bank, mean, std, 5, 'lat.pt')

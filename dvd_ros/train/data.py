@@ -64,15 +64,47 @@ def render_bank(seeds, clips_per_seed=4, frames=9, height=64, width=96, stride=2
     return ClipBank(np.stack(rgbs), np.stack(depths), np.asarray(owners))
 
 
+def _bank_problem(bank, seeds=(), clips_per_seed=4, frames=9, height=64, width=96,
+                  rich_seeds=(), outdoor_seeds=(), **_):
+    """Return why ``bank`` is not what ``render_bank`` makes of these arguments, or None."""
+    owners = np.repeat([int(s) for s in [*seeds, *rich_seeds, *outdoor_seeds]], clips_per_seed)
+    shape = (len(owners), frames, height, width)
+    if bank.rgb.shape != (*shape, 3) or bank.depth.shape != shape:
+        return (f'it holds clips of shape {bank.rgb.shape[:4]} (clips, frames, height, width), '
+                f'these options make {shape}')
+    if not np.array_equal(bank.seeds, owners):
+        return 'its scene seeds are not the ones these --seeds/--rich-seeds/--outdoor-seeds give'
+    return None
+
+
 def load_or_render_bank(path, **kwargs):
-    """Load a cached bank from ``path`` (.npz) or render it with ``render_bank`` and save it."""
+    """Load a cached bank from ``path`` (.npz) or render it with ``render_bank`` and save it.
+
+    A cached bank is used only if its shapes and scene seeds are what ``kwargs`` render (else
+    InputError, the file is left alone); a new one is written to a temporary name, read back
+    and checked, then moved into place.
+    """
     path = Path(path)
     if path.is_file():
         with np.load(path) as z:
-            return ClipBank(z['rgb'], z['depth'], z['seeds'])
+            bank = ClipBank(z['rgb'], z['depth'], z['seeds'])
+        problem = _bank_problem(bank, **kwargs)
+        if problem:
+            raise InputError(f'the clip bank {path} does not match this run: {problem}; give '
+                             f'--bank a new file name (or the options that made it)')
+        return bank
     bank = render_bank(**kwargs)
     path.parent.mkdir(parents=True, exist_ok=True)
-    np.savez(path, rgb=bank.rgb, depth=bank.depth, seeds=bank.seeds)
+    tmp = path.with_name(path.name + '.partial')
+    with open(tmp, 'wb') as f:
+        np.savez(f, rgb=bank.rgb, depth=bank.depth, seeds=bank.seeds)
+    with np.load(tmp) as z:
+        written = ClipBank(z['rgb'], z['depth'], z['seeds'])
+        if not (np.array_equal(written.seeds, bank.seeds) and np.array_equal(written.rgb, bank.rgb)
+                and np.array_equal(written.depth, bank.depth)):
+            raise OSError(f'{tmp} does not read back as written; the disk may be full or '
+                          'failing (the file was kept for inspection)')
+    tmp.replace(path)
     return bank
 
 

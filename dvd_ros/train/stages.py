@@ -142,6 +142,7 @@ def run_stage(cfg, out, seeds, bank_path, height, width, clips_per_seed, clip_fr
     latents = None
     if latents_path is not None and Path(latents_path).is_file():
         latents = LatentBank.load(latents_path)
+        latents.check(vae, bank, mean, std, cfg.video_frames, latents_path)
     if latents is None:
         latents = LatentBank.encode(vae, bank, mean, std, cfg.video_frames, progress=progress)
         if latents_path is not None:

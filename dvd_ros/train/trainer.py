@@ -299,21 +299,66 @@ class LatentBank:
                        disable=not progress, mininterval=5):
             ks = range(k0, min(k0 + chunk, len(bank)))
             for n in lengths:
-                r = torch.from_numpy(np.stack([rgb_video(bank.rgb[k, :n]) for k in ks]))
-                t = torch.from_numpy(np.stack([
-                    target_video(normalized_disparity(bank.depth[k, :n])) for k in ks]))
-                videos[n][0].append(latent.encode(vae, r, mean, std))
-                videos[n][1].append(latent.encode(vae, t, mean, std))
-            i = torch.from_numpy(np.stack([
-                target_video(normalized_disparity(bank.depth[k, :1])) for k in ks]))
-            img.append(latent.encode(vae, i, mean, std))
+                r, t = cls._encode_clips(vae, bank, ks, n, mean, std)
+                videos[n][0].append(r)
+                videos[n][1].append(t)
+            img.append(cls._encode_clips(vae, bank, ks, 1, mean, std, rgb=False)[1])
         return cls({n: (torch.cat(r), torch.cat(t)) for n, (r, t) in videos.items()},
                    torch.cat(img))
 
+    @staticmethod
+    def _encode_clips(vae, bank, ks, n, mean, std, rgb=True):
+        """Latents of the first ``n`` frames of clips ``ks``: (RGB or None, normalised target)."""
+        t = torch.from_numpy(np.stack([
+            target_video(normalized_disparity(bank.depth[k, :n])) for k in ks]))
+        if not rgb:
+            return None, latent.encode(vae, t, mean, std)
+        r = torch.from_numpy(np.stack([rgb_video(bank.rgb[k, :n]) for k in ks]))
+        return latent.encode(vae, r, mean, std), latent.encode(vae, t, mean, std)
+
+    @torch.no_grad()
+    def check(self, vae, bank, mean, std, frames, path, atol=1e-3):
+        """Raise InputError unless these latents (read from ``path``) are ``bank``'s under ``vae``.
+
+        Counts and lengths are checked for every clip; the values by re-encoding the first and
+        the last clip (a cache made by another VAE or of another bank differs by far more than
+        the rounding of a different batch size).
+        """
+        fix = f'give --latents a new file name (the file {path} is left alone)'
+        lengths = [int(f) for f in np.atleast_1d(frames)]
+        missing = [n for n in lengths if n not in self.videos]
+        if missing:
+            raise InputError(f'the latent cache {path} has no {missing}-frame videos (it holds '
+                             f'{sorted(self.videos)}); {fix}')
+        counts = {len(self.target_image)} | {len(v[0]) for v in self.videos.values()}
+        if counts != {len(bank)}:
+            raise InputError(f'the latent cache {path} holds {sorted(counts)} clips, the bank '
+                             f'{len(bank)}; {fix}')
+        for k in sorted({0, len(bank) - 1}):
+            pairs = [(self._encode_clips(vae, bank, [k], n, mean, std),
+                      (self.videos[n][0][k:k + 1], self.videos[n][1][k:k + 1]))
+                     for n in lengths]
+            pairs.append(((self._encode_clips(vae, bank, [k], 1, mean, std, rgb=False)[1],),
+                          (self.target_image[k:k + 1],)))
+            for want, have in pairs:
+                if any(w.shape != h.shape or not torch.allclose(w, h, rtol=0, atol=atol)
+                       for w, h in zip(want, have)):
+                    raise InputError(f'the latent cache {path} does not match clip {k} of the '
+                                     f'bank encoded by this VAE; {fix}')
+
     def save(self, path):
-        """Write the latents to ``path`` (torch file) atomically (other runs may be waiting)."""
+        """Write the latents to ``path`` (torch file) atomically (other runs may be waiting).
+
+        The file is read back and compared before it replaces ``path``.
+        """
         tmp = Path(str(path) + '.tmp')
         torch.save({'videos': self.videos, 'target_image': self.target_image}, tmp)
+        back = LatentBank.load(tmp)
+        if not (torch.equal(back.target_image, self.target_image) and back.videos.keys()
+                == self.videos.keys() and all(torch.equal(a, b) for n in self.videos
+                                              for a, b in zip(back.videos[n], self.videos[n]))):
+            raise OSError(f'{tmp} does not read back as written; the disk may be full or '
+                          'failing (the file was kept for inspection)')
         tmp.replace(path)
 
     @classmethod
