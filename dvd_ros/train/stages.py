@@ -119,6 +119,7 @@ def run_stage(cfg, out, seeds, bank_path, height, width, clips_per_seed, clip_fr
         vae, transformer = models.vae, models.transformer
         mean, std = models.latents_mean, models.latents_std
         base_meta = {k: models.meta[k] for k in ('train', 'train_seconds', 'vae_stage', 'seeds',
+                                                 'rich_seeds', 'outdoor_seeds', 'dit_grown',
                                                  'height', 'width', 'base')
                      if k in (models.meta or {})}
         if vae_dir is not None:
