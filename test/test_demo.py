@@ -55,6 +55,9 @@ def test_demo_outputs_and_recomputed_accuracy(tmp_path, weights, capsys, monkeyp
     run = saved['run']
     assert run['node_frames_dropped'] == 0 and run['camera_lost'] == 0, run
     assert run['scored_consecutive'] and run['node_frames_in'] >= 10, run
+    # The frames not yet out are at most what the pacing lets into the node at once.
+    assert 0 <= run['node_frames_in_flight'] <= run['node_frames_in'] - run['scored_frames'], run
+    assert f'in flight at stop {run["node_frames_in_flight"]}' in printed
     assert 'dropped 0' in printed and 'latency' in printed
     assert saved['live_vs_offline_stream_max_abs'] <= 1e-6, saved
 

@@ -329,6 +329,10 @@ def run_summary(recording, stamps, args):
         'node_frames_in': int(number('frames in')) if diag else 0,
         'node_frames_out': int(number('frames out')) if diag else 0,
         'node_frames_dropped': int(number('frames dropped')) if diag else -1,
+        # Received but not yet through a window when the run stopped after its scored frames
+        # (every frame is out, dropped or counted here).
+        'node_frames_in_flight': (int(number('frames in')) - int(number('frames out'))
+                                  - int(number('frames dropped'))) if diag else 0,
         'dropped_reasons': {k[len('dropped: '):]: v for k, v in diag.items()
                             if k.startswith('dropped: ')},
         'scored_frames': len(stamps),
@@ -347,7 +351,8 @@ def format_run(run):
     return (f'frames: camera published {run["camera_published"]}'
             f'{" (paced by the node)" if run["paced"] else ""}, node in '
             f'{run["node_frames_in"]} / out {run["node_frames_out"]} / dropped '
-            f'{run["node_frames_dropped"]}{f" ({reasons})" if reasons else ""}; latency stamp '
+            f'{run["node_frames_dropped"]}{f" ({reasons})" if reasons else ""} / in flight at '
+            f'stop {run["node_frames_in_flight"]}; latency stamp '
             f'-> disparity mean {run["latency_mean_s"]:.2f} s, max {run["latency_max_s"]:.2f} s;'
             f' model {run["model_ms_per_window"]:.0f} ms per window ({run["backend"]}, '
             f'{run["dtype"].removeprefix("torch.")})')
