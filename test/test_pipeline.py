@@ -210,6 +210,28 @@ def test_cancel_while_the_model_runs_unblocks_the_producer():
     assert st.pushed == st.emitted + st.dropped_total + st.pending
 
 
+def test_frames_pushed_after_cancel_count_as_closed_while_the_model_finishes():
+    gate = threading.Event()
+    in_model = threading.Event()
+
+    class Blocked(Oracle):
+        def predict(self, frames):
+            in_model.set()
+            gate.wait(GATE_S)
+            return super().predict(frames)
+
+    sd = StreamingDepth(Blocked(0), 5, 2)
+    pipe = StreamPipeline(sd, lambda frames: None, input_capacity=2)
+    for i in range(5):
+        assert pipe.push(frame(i), i)
+    assert in_model.wait(GATE_S)
+    assert not pipe.cancel(timeout=0.1) and pipe.alive  # the window in the model goes on
+    assert not pipe.push(frame(5), 5)
+    assert sd.stats.dropped.get('closed', 0) == 1 and 'queue_full' not in sd.stats.dropped
+    gate.set()
+    assert pipe.join(GATE_S)
+
+
 def test_memory_is_bounded_with_a_stalled_sink():
     """A stalled sink stops the model after ``capacity`` windows; input drops the oldest."""
     alive = weakref.WeakSet()

@@ -169,6 +169,11 @@ class Pipeline:
         """Return True while any stage thread runs."""
         return any(t.is_alive() for t in self._threads)
 
+    @property
+    def closed(self):
+        """Return True once :meth:`close` or :meth:`cancel` was called (no more input)."""
+        return self._closed
+
     def put(self, item, timeout=None):
         """Queue ``item`` for the first stage, waiting while the queue is full.
 
@@ -348,7 +353,10 @@ class StreamPipeline:
         else:
             queued = self.pipeline.put(item, timeout)
         if not queued:
-            self.streaming.note_dropped('queue_full' if self.alive else 'closed')
+            # A cancelled pipeline may still be finishing a window (threads alive): that is
+            # not a full queue.
+            closed = self.pipeline.closed or not self.alive
+            self.streaming.note_dropped('closed' if closed else 'queue_full')
         return queued
 
     def flush(self, wait=True, timeout=None):
