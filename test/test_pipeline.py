@@ -180,7 +180,8 @@ def test_close_delivers_everything_and_stops_threads():
     assert not {'stream_model', 'stream_finish'} & {t.name for t in threading.enumerate()}
 
 
-def test_cancel_while_the_model_runs_unblocks_the_producer():
+def _pipeline_blocked_in_the_model():
+    """Return a 5/2 pipeline whose model waits on ``gate``, setting ``in_model`` first."""
     gate = threading.Event()
     in_model = threading.Event()
 
@@ -191,7 +192,11 @@ def test_cancel_while_the_model_runs_unblocks_the_producer():
             return super().predict(frames)
 
     sd = StreamingDepth(Blocked(0), 5, 2)
-    pipe = StreamPipeline(sd, lambda frames: None, input_capacity=2)
+    return sd, StreamPipeline(sd, lambda frames: None, input_capacity=2), gate, in_model
+
+
+def test_cancel_while_the_model_runs_unblocks_the_producer():
+    sd, pipe, gate, in_model = _pipeline_blocked_in_the_model()
     results = []
 
     def produce():
@@ -211,17 +216,7 @@ def test_cancel_while_the_model_runs_unblocks_the_producer():
 
 
 def test_frames_pushed_after_cancel_count_as_closed_while_the_model_finishes():
-    gate = threading.Event()
-    in_model = threading.Event()
-
-    class Blocked(Oracle):
-        def predict(self, frames):
-            in_model.set()
-            gate.wait(GATE_S)
-            return super().predict(frames)
-
-    sd = StreamingDepth(Blocked(0), 5, 2)
-    pipe = StreamPipeline(sd, lambda frames: None, input_capacity=2)
+    sd, pipe, gate, in_model = _pipeline_blocked_in_the_model()
     for i in range(5):
         assert pipe.push(frame(i), i)
     assert in_model.wait(GATE_S)
