@@ -322,17 +322,13 @@ def run_summary(recording, stamps, args):
             return float('nan')
 
     latency = np.array([recording.latency_s[s] for s in stamps if s in recording.latency_s])
-    return {
+    run = {
         'camera_published': int(recording.camera.get('published', 0)),
         'camera_lost': int(recording.camera.get('lost', 0)),
         'paced': bool(args.pace),
         'node_frames_in': int(number('frames in')) if diag else 0,
         'node_frames_out': int(number('frames out')) if diag else 0,
         'node_frames_dropped': int(number('frames dropped')) if diag else -1,
-        # Received but not yet through a window when the run stopped after its scored frames
-        # (every frame is out, dropped or counted here).
-        'node_frames_in_flight': (int(number('frames in')) - int(number('frames out'))
-                                  - int(number('frames dropped'))) if diag else 0,
         'dropped_reasons': {k[len('dropped: '):]: v for k, v in diag.items()
                             if k.startswith('dropped: ')},
         'scored_frames': len(stamps),
@@ -343,6 +339,11 @@ def run_summary(recording, stamps, args):
         'backend': diag.get('backend', args.backend),
         'dtype': diag.get('dtype', args.dtype),
     }
+    # Received but not yet through a window when the run stopped after its scored frames
+    # (every frame is out, dropped or counted here).
+    run['node_frames_in_flight'] = (run['node_frames_in'] - run['node_frames_out']
+                                    - run['node_frames_dropped']) if diag else 0
+    return run
 
 
 def format_run(run):

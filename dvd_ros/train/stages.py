@@ -125,16 +125,17 @@ def run_stage(cfg, out, seeds, bank_path, height, width, clips_per_seed, clip_fr
         if vae_dir is not None:
             vae, mean, std = load_vae_stage(vae_dir)
         if dit_layers is not None:
-            depth = len(transformer.blocks)
-            grown = {'from_layers': depth, 'new_blocks': grow_transformer(transformer,
-                                                                          dit_layers)}
+            grown = {'from_layers': len(transformer.blocks)}
+            grown['new_blocks'] = grow_transformer(transformer, dit_layers)
         # Loaded for inference (frozen); without LoRA the whole base DiT is fine-tuned.
         transformer.requires_grad_(not lora_rank and cfg.stage != 'decoder')
     else:
         vae, mean, std = load_vae_stage(vae_dir)
         torch.manual_seed(cfg.seed)
-        transformer = WanTransformer3DModel(**{**TINY_DIT_CONFIG, **(
-            {'num_layers': dit_layers} if dit_layers is not None else {})})
+        config = dict(TINY_DIT_CONFIG)
+        if dit_layers is not None:
+            config['num_layers'] = dit_layers
+        transformer = WanTransformer3DModel(**config)
     lora = None
     if lora_rank:
         from dvd_ros.train.lora import add_lora

@@ -299,22 +299,24 @@ class LatentBank:
                        disable=not progress, mininterval=5):
             ks = range(k0, min(k0 + chunk, len(bank)))
             for n in lengths:
-                r, t = cls._encode_clips(vae, bank, ks, n, mean, std)
-                videos[n][0].append(r)
-                videos[n][1].append(t)
-            img.append(cls._encode_clips(vae, bank, ks, 1, mean, std, rgb=False)[1])
+                videos[n][0].append(cls._rgb_latents(vae, bank, ks, n, mean, std))
+                videos[n][1].append(cls._target_latents(vae, bank, ks, n, mean, std))
+            img.append(cls._target_latents(vae, bank, ks, 1, mean, std))
         return cls({n: (torch.cat(r), torch.cat(t)) for n, (r, t) in videos.items()},
                    torch.cat(img))
 
     @staticmethod
-    def _encode_clips(vae, bank, ks, n, mean, std, rgb=True):
-        """Latents of the first ``n`` frames of clips ``ks``: (RGB or None, normalised target)."""
+    def _rgb_latents(vae, bank, ks, n, mean, std):
+        """Latents of the first ``n`` RGB frames of clips ``ks``."""
+        r = torch.from_numpy(np.stack([rgb_video(bank.rgb[k, :n]) for k in ks]))
+        return latent.encode(vae, r, mean, std)
+
+    @staticmethod
+    def _target_latents(vae, bank, ks, n, mean, std):
+        """Latents of the clip-normalised disparity targets of the first ``n`` frames."""
         t = torch.from_numpy(np.stack([
             target_video(normalized_disparity(bank.depth[k, :n])) for k in ks]))
-        if not rgb:
-            return None, latent.encode(vae, t, mean, std)
-        r = torch.from_numpy(np.stack([rgb_video(bank.rgb[k, :n]) for k in ks]))
-        return latent.encode(vae, r, mean, std), latent.encode(vae, t, mean, std)
+        return latent.encode(vae, t, mean, std)
 
     @torch.no_grad()
     def check(self, vae, bank, mean, std, frames, path, atol=1e-3):
@@ -335,14 +337,13 @@ class LatentBank:
             raise InputError(f'the latent cache {path} holds {sorted(counts)} clips, the bank '
                              f'{len(bank)}; {fix}')
         for k in sorted({0, len(bank) - 1}):
-            pairs = [(self._encode_clips(vae, bank, [k], n, mean, std),
-                      (self.videos[n][0][k:k + 1], self.videos[n][1][k:k + 1]))
-                     for n in lengths]
-            pairs.append(((self._encode_clips(vae, bank, [k], 1, mean, std, rgb=False)[1],),
-                          (self.target_image[k:k + 1],)))
-            for want, have in pairs:
-                if any(w.shape != h.shape or not torch.allclose(w, h, rtol=0, atol=atol)
-                       for w, h in zip(want, have)):
+            pairs = [(self._target_latents(vae, bank, [k], 1, mean, std), self.target_image)]
+            for n in lengths:
+                pairs += [(self._rgb_latents(vae, bank, [k], n, mean, std), self.videos[n][0]),
+                          (self._target_latents(vae, bank, [k], n, mean, std), self.videos[n][1])]
+            for want, stored in pairs:
+                have = stored[k:k + 1]
+                if want.shape != have.shape or not torch.allclose(want, have, rtol=0, atol=atol):
                     raise InputError(f'the latent cache {path} does not match clip {k} of the '
                                      f'bank encoded by this VAE; {fix}')
 
