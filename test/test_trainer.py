@@ -414,6 +414,55 @@ def test_cli_dit_layers_deepens_the_base_and_records_it(tmp_path, capsys):
     assert '--dit-layers' in capsys.readouterr().err
 
 
+def test_refine_patch_warm_starts_a_finer_token_grid():
+    from dvd_ros.train.stages import refine_patch
+
+    _, dit = _models()
+    p_t, p_h, p_w = dit.config.patch_size
+    # A latent constant over each old patch: the new embedding repeats the old token there.
+    coarse = torch.randn(1, 16, 2, 3, 2)
+    x = coarse.repeat_interleave(p_h, 3).repeat_interleave(p_w, 4)
+    with torch.no_grad():
+        old_tokens = dit.patch_embedding(x)
+        old_out = dit.proj_out.weight.reshape(p_t, p_h, p_w, 16, -1)
+        blocks = [b.ffn.net[0].proj.weight.clone() for b in dit.blocks]
+    assert refine_patch(dit) == [p_t, p_h, p_w]
+    assert tuple(dit.config.patch_size) == (p_t, 1, 1) == tuple(dit.rope.patch_size)
+    with torch.no_grad():
+        new_tokens = dit.patch_embedding(x)
+        torch.testing.assert_close(new_tokens[..., ::p_h, ::p_w], old_tokens)
+        torch.testing.assert_close(dit.proj_out.weight.reshape(p_t, 16, -1),
+                                   old_out.mean(dim=(1, 2)))
+        # One token per latent pixel, same output shape, blocks untouched.
+        assert new_tokens.shape[-2:] == x.shape[-2:]
+        assert latent.regress(dit, x).shape == x.shape
+    assert all(torch.equal(b.ffn.net[0].proj.weight, w) for b, w in zip(dit.blocks, blocks))
+    with pytest.raises(InputError, match='already has a 1x1 spatial patch'):
+        refine_patch(dit)
+
+
+def test_cli_dit_patch_refines_the_base_and_the_result_loads(tmp_path, capsys):
+    from dvd_ros.cli.main import main
+
+    vae, dit = _models()
+    base = save_trained(tmp_path / 'base', dit, vae, presets.LATENTS_MEAN, presets.LATENTS_STD,
+                        {'height': 32, 'width': 32, 'train': {'seed': 0}})['converted']
+    common = ['--seeds', '0:1', '--clips-per-seed', '1', '--clip-frames', '5', '--height',
+              '32', '--width', '32', '--no-progress', '--video-frames', '5', '--steps', '1']
+    assert main(['train', str(tmp_path / 'p'), '--stage', 'dit', '--base', str(base),
+                 '--dit-patch', '1'] + common) == 0
+    models = load_models(tmp_path / 'p' / 'converted')
+    assert tuple(models.transformer.config.patch_size)[1:] == (1, 1)
+    assert models.meta['dit_grown']['from_patch'] == list(dit.config.patch_size)
+    x = torch.randn(1, 16, 2, 4, 4)
+    with torch.no_grad():
+        assert latent.regress(models.transformer, x).shape == x.shape
+    assert main(['train', str(tmp_path / 'q'), '--stage', 'dit', '--vae', str(tmp_path),
+                 '--dit-patch', '1'] + common) == 2
+    assert '--dit-patch needs stage dit with --base' in capsys.readouterr().err
+    assert not (tmp_path / 'q').exists()
+
+
 def test_cached_bank_is_used_only_when_it_matches_and_is_left_alone(tmp_path):
     from dvd_ros.train.data import load_or_render_bank
 

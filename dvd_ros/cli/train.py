@@ -51,6 +51,10 @@ def add_parser(subparsers):
                    help='stage dit: DiT depth; from scratch the tiny DiT gets N blocks, with '
                         '--base its DiT is deepened to N blocks by identity-initialised copies '
                         '(output projections zero), spread between the old ones')
+    p.add_argument('--dit-patch', type=int, default=None, choices=(1,),
+                   help='stage dit with --base: give its DiT a 1x1 spatial patch (4x the '
+                        'tokens of Wan\'s 2x2: 8x12 per latent frame at 64x96), warm-started '
+                        'from the base (embedding = sum of its taps, output = mean)')
     p.add_argument('--lora-rank', type=int, default=None,
                    help='wrap the DiT with LoRA of this rank (alpha = rank); base frozen')
     p.add_argument('--resume', action='store_true', help='continue from OUT/state.pt')
@@ -116,6 +120,9 @@ def run(args):
                                         or args.dit_layers < 1):
         raise CliError(f'--dit-layers needs stage dit without --lora-rank and N >= 1, got '
                        f'{args.dit_layers} with stage {args.stage}')
+    if args.dit_patch is not None and (args.stage != 'dit' or not args.base or args.lora_rank):
+        raise CliError(f'--dit-patch needs stage dit with --base and without --lora-rank, got '
+                       f'stage {args.stage}' + ('' if args.base else ' without --base'))
     if not 0.0 <= args.pred_fraction <= 1.0:
         raise CliError(f'--pred-fraction must be in [0, 1], got {args.pred_fraction}')
     out = Path(args.out)
@@ -141,6 +148,7 @@ def run(args):
         clips_per_seed=args.clips_per_seed, clip_frames=args.clip_frames, vae_dir=args.vae,
         base=args.base, lora_rank=args.lora_rank, resume=args.resume,
         progress=not args.no_progress, latents_path=args.latents, rich_seeds=rich,
-        outdoor_seeds=outdoor, dit_layers=args.dit_layers)
+        outdoor_seeds=outdoor, dit_layers=args.dit_layers,
+        dit_patch=args.dit_patch)
     print(json.dumps({'out': str(out), 'wall_seconds': round(time.time() - t0, 1), **result}))
     return 0

@@ -72,13 +72,50 @@ def grow_transformer(transformer, num_layers):
     return added
 
 
+def refine_patch(transformer):
+    """Give a trained Wan DiT a 1x1 spatial patch in place (4x the tokens of a 2x2 patch).
+
+    The blocks are kept; the patch embedding becomes the sum of its spatial kernel taps (so a
+    latent that is constant over each old patch embeds to the old token at every new
+    position) and the output projection the mean over the old patch's positions. The RoPE
+    table follows the new grid. This is a warm start, not an exact copy: attention now sees the
+    finer grid, so the model is fine-tuned afterwards. Returns the old patch size.
+    """
+    old = tuple(transformer.config.patch_size)
+    if old[1:] == (1, 1):
+        raise InputError(f'the DiT already has a 1x1 spatial patch ({old}): drop --dit-patch')
+    p_t, p_h, p_w = old
+    conv = transformer.patch_embedding
+    embed = torch.nn.Conv3d(conv.in_channels, conv.out_channels, kernel_size=(p_t, 1, 1),
+                            stride=(p_t, 1, 1))
+    linear = transformer.proj_out
+    out_channels = linear.out_features // (p_t * p_h * p_w)
+    proj = torch.nn.Linear(linear.in_features, out_channels * p_t)
+    with torch.no_grad():
+        embed.weight.copy_(conv.weight.sum(dim=(3, 4), keepdim=True))
+        embed.bias.copy_(conv.bias)
+        # proj_out rows are ordered (p_t, p_h, p_w, channel), as the model's unpatchify reads them.
+        w = linear.weight.reshape(p_t, p_h, p_w, out_channels, -1)
+        proj.weight.copy_(w.mean(dim=(1, 2)).reshape(p_t * out_channels, -1))
+        proj.bias.copy_(linear.bias.reshape(p_t, p_h, p_w, out_channels).mean(dim=(1, 2))
+                        .reshape(-1))
+    transformer.patch_embedding = embed.to(conv.weight.dtype)
+    transformer.proj_out = proj.to(linear.weight.dtype)
+    rope = transformer.rope
+    transformer.rope = type(rope)(rope.attention_head_dim, (p_t, 1, 1), rope.max_seq_len)
+    transformer.register_to_config(patch_size=(p_t, 1, 1))
+    return list(old)
+
+
 def run_stage(cfg, out, seeds, bank_path, height, width, clips_per_seed, clip_frames,
               vae_dir=None, base=None, lora_rank=None, resume=False, progress=True,
-              latents_path=None, rich_seeds=range(0), outdoor_seeds=range(0), dit_layers=None):
+              latents_path=None, rich_seeds=range(0), outdoor_seeds=range(0), dit_layers=None,
+              dit_patch=None):
     """Train one stage and save its outputs under ``out``; returns a summary dict.
 
     ``dit_layers`` sets the DiT's depth: from scratch, the tiny DiT gets that many blocks; with
     ``base``, its DiT is deepened by ``grow_transformer`` (same output at step 0).
+    ``dit_patch=1`` gives the base's DiT a 1x1 spatial patch (``refine_patch``).
     Stage 'dit' encodes the bank once with the frozen VAE; ``latents_path`` caches those
     latents so that several runs (e.g. the two ablation arms) share them.
     """
@@ -112,6 +149,10 @@ def run_stage(cfg, out, seeds, bank_path, height, width, clips_per_seed, clip_fr
     if dit_layers is not None and (cfg.stage != 'dit' or lora_rank):
         raise InputError('a DiT depth (--dit-layers) is for stage dit without LoRA (the new '
                          'blocks must train)')
+    if dit_patch is not None and (cfg.stage != 'dit' or lora_rank or base is None
+                                  or dit_patch != 1):
+        raise InputError(f'--dit-patch {dit_patch}: only 1 is supported, for stage dit with '
+                         '--base and without LoRA (the whole DiT must train on the new grid)')
     if base is not None:
         from dvd_ros.model.checkpoint import load_models
 
@@ -127,6 +168,8 @@ def run_stage(cfg, out, seeds, bank_path, height, width, clips_per_seed, clip_fr
         if dit_layers is not None:
             grown = {'from_layers': len(transformer.blocks)}
             grown['new_blocks'] = grow_transformer(transformer, dit_layers)
+        if dit_patch is not None:
+            grown = {**(grown or {}), 'from_patch': refine_patch(transformer)}
         # Loaded for inference (frozen); without LoRA the whole base DiT is fine-tuned.
         transformer.requires_grad_(not lora_rank and cfg.stage != 'decoder')
     else:
