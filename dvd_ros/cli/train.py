@@ -53,7 +53,7 @@ def add_parser(subparsers):
                         '(output projections zero), spread between the old ones')
     p.add_argument('--dit-patch', type=int, default=None, choices=(1,),
                    help='stage dit with --base: give its DiT a 1x1 spatial patch (4x the '
-                        'tokens of Wan\'s 2x2: 8x12 per latent frame at 64x96), warm-started '
+                        'tokens of the Wan 2x2: 8x12 per latent frame at 64x96), warm-started '
                         'from the base (embedding = sum of its taps, output = mean)')
     p.add_argument('--lora-rank', type=int, default=None,
                    help='wrap the DiT with LoRA of this rank (alpha = rank); base frozen')
