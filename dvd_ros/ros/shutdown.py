@@ -70,21 +70,30 @@ def fatal_errors(nodes):
 
 
 def finish(nodes, executor, context):
-    """Stop workers, destroy nodes, shut the context down; never raises."""
+    """Stop workers, stop the executor, destroy nodes, shut the context down; never raises.
+
+    The executor goes first: a multi-threaded one joins its pool there, so a callback still
+    running on a pool thread finishes with its node intact (destroying the node under it made
+    its publish fail inside the task, printed by rclpy at exit as an unretrieved exception).
+    """
     clean = True
     for node in nodes:
         try:
             stop = getattr(node, 'stop', None)
             if stop is not None:
                 clean &= bool(stop())
-            executor.remove_node(node)
-            node.destroy_node()
-        except Exception:  # noqa: BLE001, S110 - shutting down: nothing useful to do
+        except Exception:  # noqa: BLE001 - shutting down: nothing useful to do
             clean = False
     try:
         executor.shutdown(timeout_sec=0.5)
     except Exception:  # noqa: BLE001, S110
         pass
+    for node in nodes:
+        try:
+            executor.remove_node(node)
+            node.destroy_node()
+        except Exception:  # noqa: BLE001 - shutting down: nothing useful to do
+            clean = False
     if context.ok():
         context.try_shutdown()
     return clean
