@@ -53,8 +53,8 @@ def test_package_is_small_and_describes_its_processing_size(models):
 
 def test_trained_model_beats_mean_disparity_and_untrained_network(scores):
     trained, mean, untrained = scores['trained'], scores['mean'], scores['untrained']
-    # Measured on these clips: AbsRel 0.105 vs 0.234 (mean) / 0.221 (untrained), delta1 0.88
-    # vs 0.55 / 0.56, boundary F1 0.45 vs 0.00 / 0.00 (docs/training.md has the 32-clip table).
+    # Measured on these clips: AbsRel 0.086 vs 0.234 (mean) / 0.221 (untrained), delta1 0.91
+    # vs 0.55 / 0.56, boundary F1 0.53 vs 0.00 / 0.00 (docs/training.md has the 32-clip table).
     for baseline in (mean, untrained):
         assert trained['abs_rel'] < 0.75 * baseline['abs_rel'], scores
         assert trained['delta1'] > baseline['delta1'] + 0.1, scores
